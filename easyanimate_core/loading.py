@@ -1,0 +1,210 @@
+"""Checkpoint folders in either published layout -> ready modules.
+
+A model folder is either the original EasyAnimate layout or the diffusers port; both have ``transformer/``,
+``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` subfolders. The loaders accept the model folder or a
+component subfolder, detect the layout from the tensor names (falling back to the config fields), build the module
+on the meta device and read each tensor once, straight into the target dtype and device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .attention import RopeFormula
+from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
+from .safetensors_io import TensorEntry, read_header, read_tensors
+from .transformer import EasyAnimateTransformer
+from .vae import MagvitVAE
+
+logger = logging.getLogger(__name__)
+
+TRANSFORMER_CLASS_NAMES = ("EasyAnimateTransformer3DModel",)
+VAE_CLASS_NAMES = ("AutoencoderKLMagvit",)
+_ORIGINAL_ONLY_FIELDS = ("ref_channels", "clip_channels", "swa_layers", "enable_clip_in_inpaint",
+                         "add_ref_latent_in_control_model")
+
+
+class ModelFormatError(ValueError):
+    """A model folder or file that does not hold what the loader needs; the message says what to do."""
+
+
+# diffusers key suffix <-> original key suffix, inside ``transformer_blocks.{i}.`` (reference 15.1).
+_KEY_PAIRS = (
+    ("attn1.add_q_proj.", "attn2.to_q."),
+    ("attn1.add_k_proj.", "attn2.to_k."),
+    ("attn1.add_v_proj.", "attn2.to_v."),
+    ("attn1.norm_added_q.", "attn2.norm_q."),
+    ("attn1.norm_added_k.", "attn2.norm_k."),
+    ("attn1.to_add_out.", "attn2.to_out.0."),
+)
+_BLOCK_KEY = re.compile(r"^(transformer_blocks\.\d+\.)(.*)$")
+
+
+def convert_transformer_key(key: str, source: Layout, target: Layout) -> str:
+    """Rename one transformer tensor from the ``source`` layout to the ``target`` layout."""
+    if source == target:
+        return key
+    match = _BLOCK_KEY.match(key)
+    if match is None:
+        return key
+    prefix, rest = match.groups()
+    pairs = _KEY_PAIRS if source == "diffusers" else [(b, a) for a, b in _KEY_PAIRS]
+    for old, new in pairs:
+        if rest.startswith(old):
+            return prefix + new + rest[len(old):]
+    return key
+
+
+def convert_transformer_state_dict(state_dict: dict[str, torch.Tensor], source: Layout, target: Layout):
+    """A new dict with every key renamed from ``source`` to ``target`` layout (tensors are shared, not copied)."""
+    return {convert_transformer_key(k, source, target): v for k, v in state_dict.items()}
+
+
+def detect_transformer_layout(keys: Iterable[str], raw_config: dict) -> Layout:
+    """The layout of a transformer checkpoint: from its tensor names, else from config fields only one layout has."""
+    diffusers_marks = tuple(old for old, _ in _KEY_PAIRS)
+    for key in keys:
+        rest = _BLOCK_KEY.match(key)
+        if rest is None:
+            continue
+        if rest.group(2).startswith(diffusers_marks):
+            return "diffusers"
+        if rest.group(2).startswith("attn2."):
+            return "original"
+    return "original" if any(f in raw_config for f in _ORIGINAL_ONLY_FIELDS) else "diffusers"
+
+
+def resolve_component(path: str | Path, component: str) -> Path:
+    """``path`` itself if it holds a config.json, else ``path/component``; a clear error otherwise."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Model path {path} does not exist. Point at an EasyAnimate model folder "
+                                f"(with transformer/ and vae/ subfolders) or at its {component}/ subfolder.")
+    for candidate in (path / component, path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelFormatError(
+        f"No config.json in {path} or {path / component}. Point at an EasyAnimate model folder (with "
+        f"{component}/config.json inside) or at its {component}/ subfolder; if the folder is incomplete, "
+        f"download the model again."
+    )
+
+
+def _check_family(raw: dict, accepted: tuple[str, ...], config_path: Path, what: str) -> None:
+    name = raw.get("_class_name")
+    if name is not None and name not in accepted:
+        raise ModelFormatError(
+            f"{config_path} describes a {name!r}, not an EasyAnimate {what} ({' or '.join(accepted)}). "
+            f"This folder belongs to another model family: pick an EasyAnimate V5.1 model folder."
+        )
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of one component: single file, index-listed shards, or every *.safetensors."""
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFormatError(f"{index} is not a valid shard index ({exc}); download it again.") from exc
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ModelFormatError(f"{index} lists shards that are not in {folder}: {missing[:5]}. "
+                                   f"Download the missing files.")
+        return [folder / n for n in names]
+    single = folder / "diffusion_pytorch_model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf"))
+    hint = f" Found {others[:3]}: only .safetensors weights are read; convert them first." if others else ""
+    raise ModelFormatError(f"No .safetensors weights in {folder}.{hint} Download the model's weight files.")
+
+
+def _headers(files: list[Path]) -> list[TensorEntry]:
+    entries = [e for f in files for e in read_header(f)]
+    seen: dict[str, Path] = {}
+    for e in entries:
+        if e.name in seen:
+            raise ModelFormatError(f"Tensor '{e.name}' appears in both {seen[e.name]} and {e.file}: the folder "
+                                   f"mixes two checkpoints. Keep one set of weight files.")
+        seen[e.name] = e.file
+    return entries
+
+
+def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, dtype, device) -> None:
+    """Check names and shapes against ``model`` (on meta), then read every tensor into place."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(entries))
+    unexpected = sorted(set(entries) - set(expected))
+    wrong = [f"{k}: file {entries[k].shape}, model {expected[k]}" for k in sorted(set(expected) & set(entries))
+             if entries[k].shape != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors (first: {missing[:5]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:5]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {wrong[:3]})")
+    if problems:
+        raise ModelFormatError(
+            f"The weights in {folder} do not fit the model its config.json describes: " + "; ".join(problems)
+            + ". The weight files and config.json come from different models, or a download is incomplete: "
+            "download the folder again."
+        )
+    key_of = {(e.file, e.begin): key for key, e in entries.items()}
+    state = {key_of[e.file, e.begin]: t for e, t in read_tensors(list(entries.values()), dtype=dtype, device=device)}
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_transformer(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    rope_formula: RopeFormula = "original",
+) -> EasyAnimateTransformer:
+    """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout."""
+    folder = resolve_component(path, "transformer")
+    config_path = folder / "config.json"
+    raw = read_config_json(config_path)
+    _check_family(raw, TRANSFORMER_CLASS_NAMES, config_path, "transformer")
+    files = weight_files(folder)
+    headers = _headers(files)
+    layout = detect_transformer_layout((e.name for e in headers), raw)
+    config = transformer_config_from_dict(raw, layout, source=str(config_path))
+    entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
+    with torch.device("meta"):
+        model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula)
+    _load_into(model, entries, folder, dtype, device)
+    logger.info("Loaded %s from %s (%s layout, %d files) as %s on %s",
+                config.variant_description, folder, layout, len(files), dtype, device)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(
+    path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> MagvitVAE:
+    """Load the MagViT VAE of a model folder (or its ``vae/`` folder); both layouts share the VAE keys."""
+    folder = resolve_component(path, "vae")
+    config_path = folder / "config.json"
+    raw = read_config_json(config_path)
+    _check_family(raw, VAE_CLASS_NAMES, config_path, "VAE")
+    config = vae_config_from_dict(raw, source=str(config_path))
+    entries = {e.name: e for e in _headers(weight_files(folder))}
+    with torch.device("meta"):
+        model = MagvitVAE(config, dtype=dtype)
+    _load_into(model, entries, folder, dtype, device)
+    logger.info("Loaded the MagViT VAE from %s as %s on %s", folder, dtype, device)
+    return model.eval().requires_grad_(False)
+

@@ -1,0 +1,108 @@
+"""Reading safetensors files one tensor at a time, straight into the buffer the model keeps.
+
+The safetensors library reads through a memory map; every page it touches counts toward the process's resident
+memory until the file is closed, so converting a 24 GB checkpoint to another dtype would hold it twice. Reading
+each tensor with ``readinto`` keeps the peak at the loaded weights plus one tensor. The header is validated
+against the file size first, so a truncated or corrupt download is reported before any weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CorruptWeightsError(ValueError):
+    """A weight file that cannot be read as safetensors (truncated, corrupt, or another format)."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    file: Path
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def _corrupt(path: Path, why: str) -> CorruptWeightsError:
+    return CorruptWeightsError(
+        f"{path} is not a readable safetensors file ({why}). It is probably truncated or corrupt: "
+        f"download it again and compare its size with the one on the model page."
+    )
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """Every tensor of one file, checked against the file size, without reading tensor data."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _corrupt(path, f"only {size} bytes")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(_MAX_HEADER, size - 8):
+            raise _corrupt(path, f"header length {header_len} does not fit in a {size}-byte file")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _corrupt(path, f"header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _corrupt(path, "header is not a JSON object")
+    data_start = 8 + header_len
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(path, f"bad header entry for tensor '{name}'") from exc
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if end - begin != nbytes or begin < 0:
+            raise _corrupt(path, f"tensor '{name}' has offsets {begin}..{end} for {nbytes} bytes")
+        if data_start + end > size:
+            raise _corrupt(path, f"tensor '{name}' ends at byte {data_start + end} but the file has {size} bytes")
+        entries.append(TensorEntry(path, name, dtype, shape, data_start + begin, nbytes))
+    return entries
+
+
+def read_tensors(
+    entries: list[TensorEntry], *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield (entry, tensor) in file order; floating tensors are cast to ``dtype`` (when given)."""
+    handles: dict[Path, object] = {}
+    try:
+        for entry in sorted(entries, key=lambda e: (str(e.file), e.begin)):
+            f = handles.get(entry.file)
+            if f is None:
+                f = handles[entry.file] = open(entry.file, "rb")
+            raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+            f.seek(entry.begin)
+            if entry.nbytes and f.readinto(memoryview(raw.numpy())) != entry.nbytes:
+                raise _corrupt(entry.file, f"tensor '{entry.name}' is cut short")
+            tensor = raw.view(entry.dtype).reshape(entry.shape)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            yield entry, tensor.to(device)
+    finally:
+        for f in handles.values():
+            f.close()

@@ -1,0 +1,274 @@
+"""The EasyAnimate V5.1 MMDiT (every variant: T2V, InP, Control, Control-Camera; 7B and 12B).
+
+Attribute names equal the checkpoint keys of the original EasyAnimate layout (the text-stream projections of an
+MMDiT block live in ``attn2``); ``loading.py`` converts diffusers-layout keys to these names.
+
+Behaviour follows the code the released weights were trained with (reference section 2): the timestep is rounded
+to bf16 before its embedding, the text tokens are not masked in attention, text tokens come first in the joint
+sequence, and the non-MMDiT blocks of the 7B models pass the text tokens through ``attn1.to_out`` as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, joint_attention, rotary_embedding_3d
+from .config import TransformerConfig
+from .ops import DEFAULT_OPS, LayerOps
+
+
+def timestep_sinusoid(timestep: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: int) -> torch.Tensor:
+    """[B] -> [B, dim] sinusoidal embedding in fp32 ([cos, sin] when flipped)."""
+    half = dim // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / (half - freq_shift)
+    args = timestep.float()[:, None] * exponent.exp()[None, :]
+    parts = (args.cos(), args.sin()) if flip_sin_to_cos else (args.sin(), args.cos())
+    return torch.cat(parts, dim=-1)
+
+
+def _fp32_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    weight = norm.weight.float() if norm.weight is not None else None
+    bias = norm.bias.float() if norm.bias is not None else None
+    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, *, dtype, device, ops: LayerOps):
+        super().__init__()
+        self.linear_1 = ops.Linear(in_dim, out_dim, dtype=dtype, device=device)
+        self.linear_2 = ops.Linear(out_dim, out_dim, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class TextRMSNorm(nn.Module):
+    """RMSNorm over LLM hidden states (values reach 1e4): fp32 statistics, weight applied in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, dtype, device):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class ModulatedNorm(nn.Module):
+    """``norm1``/``norm2``: one timestep modulation for both streams, one shared fp32 LayerNorm."""
+
+    def __init__(self, cond_dim: int, dim: int, eps: float, affine: bool, *, dtype, device, ops: LayerOps):
+        super().__init__()
+        self.linear = ops.Linear(cond_dim, 6 * dim, dtype=dtype, device=device)
+        self.norm = ops.LayerNorm(dim, eps=eps, elementwise_affine=affine, dtype=dtype, device=device)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
+        shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
+        video = _fp32_layer_norm(self.norm, video) * (1 + scale) + shift
+        text = _fp32_layer_norm(self.norm, text) * (1 + t_scale) + t_shift
+        return video, text, gate, t_gate
+
+
+class AttentionProjections(nn.Module):
+    """Q/K/V/out projections and per-head LayerNorm of one stream (``attn1`` video, ``attn2`` text)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, device, ops: LayerOps):
+        super().__init__()
+        self.heads = heads
+        self.to_q = ops.Linear(dim, heads * head_dim, dtype=dtype, device=device)
+        self.to_k = ops.Linear(dim, heads * head_dim, dtype=dtype, device=device)
+        self.to_v = ops.Linear(dim, heads * head_dim, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([ops.Linear(heads * head_dim, dim, dtype=dtype, device=device)])
+        self.norm_q = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
+        self.norm_k = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # [B, N, D] -> 3 x [B, heads, N, head_dim]
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(2, (self.heads, -1)).transpose(1, 2)
+
+        return self.norm_q(split(self.to_q(x))), self.norm_k(split(self.to_k(x))), split(self.to_v(x))
+
+
+class FeedForward(nn.Module):
+    """``net.0.proj`` -> tanh-GELU -> ``net.2``; index 1 (a dropout in the original) keeps the key numbering."""
+
+    def __init__(self, dim: int, inner_dim: int, *, dtype, device, ops: LayerOps):
+        super().__init__()
+        proj_in = nn.Module()
+        proj_in.proj = ops.Linear(dim, inner_dim, dtype=dtype, device=device)
+        self.net = nn.ModuleList([proj_in, nn.Identity(), ops.Linear(inner_dim, dim, dtype=dtype, device=device)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](F.gelu(self.net[0].proj(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """One transformer block. MMDiT blocks (``attn2``/``txt_ff`` present) give the text stream its own weights."""
+
+    def __init__(self, config: TransformerConfig, is_mmdit: bool, *, dtype, device, ops: LayerOps):
+        super().__init__()
+        dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
+        kw = dict(dtype=dtype, device=device, ops=ops)
+        norm_args = (config.time_embed_dim, dim, config.norm_eps, config.norm_elementwise_affine)
+        self.norm1 = ModulatedNorm(*norm_args, **kw)
+        self.attn1 = AttentionProjections(dim, heads, head_dim, **kw)
+        self.attn2 = AttentionProjections(dim, heads, head_dim, **kw) if is_mmdit else None
+        self.norm2 = ModulatedNorm(*norm_args, **kw)
+        self.ff = FeedForward(dim, 4 * dim, **kw)
+        self.txt_ff = FeedForward(dim, 4 * dim, **kw) if is_mmdit else None
+
+    def _attention(self, video: torch.Tensor, text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        n_text = text.shape[1]
+        cos, sin = rope
+        if self.attn2 is not None:
+            vq, vk, vv = self.attn1.qkv(video)
+            tq, tk, tv = self.attn2.qkv(text)
+            q = torch.cat([tq, apply_rotary(vq, cos, sin)], dim=2)
+            k = torch.cat([tk, apply_rotary(vk, cos, sin)], dim=2)
+            out = joint_attention(q, k, torch.cat([tv, vv], dim=2))  # [B, L_txt + N, D]
+            return self.attn1.to_out[0](out[:, n_text:]), self.attn2.to_out[0](out[:, :n_text])
+        q, k, v = self.attn1.qkv(torch.cat([text, video], dim=1))
+        q = torch.cat([q[:, :, :n_text], apply_rotary(q[:, :, n_text:], cos, sin)], dim=2)
+        k = torch.cat([k[:, :, :n_text], apply_rotary(k[:, :, n_text:], cos, sin)], dim=2)
+        out = self.attn1.to_out[0](joint_attention(q, k, v))  # the original projects the text tokens too
+        return out[:, n_text:], out[:, :n_text]
+
+    def forward(self, video, text, temb, rope):
+        # 1. Joint attention, gated residual per stream.
+        v_in, t_in, gate, t_gate = self.norm1(video, text, temb)
+        v_attn, t_attn = self._attention(v_in, t_in, rope)
+        video = video + gate * v_attn
+        text = text + t_gate * t_attn
+        # 2. Feed-forward, gated residual per stream.
+        v_in, t_in, gate, t_gate = self.norm2(video, text, temb)
+        video = video + gate * self.ff(v_in)
+        text = text + t_gate * (self.txt_ff if self.txt_ff is not None else self.ff)(t_in)
+        return video, text
+
+
+class EasyAnimateTransformer(nn.Module):
+    """``model(latents, timestep, text_states, *, inpaint_latents=None, control_latents=None) -> [B, 16, T, h, w]``."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        ops: LayerOps = DEFAULT_OPS,
+        rope_formula: RopeFormula = "original",
+    ):
+        super().__init__()
+        if rope_formula not in ROPE_FORMULAS:
+            raise ValueError(f"rope_formula = {rope_formula!r}: expected one of {ROPE_FORMULAS}")
+        self.config = config
+        self.rope_formula = rope_formula
+        dim, p = config.inner_dim, config.patch_size
+        kw = dict(dtype=dtype, device=device)
+        self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, ops=ops, **kw)
+        self.proj = ops.Conv2d(config.in_channels, dim, kernel_size=p, stride=p, **kw)
+        if config.add_norm_text_encoder:
+            self.text_proj = nn.Sequential(
+                TextRMSNorm(config.text_embed_dim, **kw), ops.Linear(config.text_embed_dim, dim, **kw)
+            )
+        else:
+            self.text_proj = ops.Linear(config.text_embed_dim, dim, **kw)
+        self.transformer_blocks = nn.ModuleList(
+            [DiTBlock(config, is_mmdit, ops=ops, **kw) for is_mmdit in config.is_mmdit]
+        )
+        self.norm_final = ops.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_elementwise_affine,
+                                        **kw)
+        self.norm_out = nn.Module()
+        self.norm_out.linear = ops.Linear(config.time_embed_dim, 2 * dim, **kw)
+        self.norm_out.norm = ops.LayerNorm(dim, eps=config.norm_eps,
+                                           elementwise_affine=config.norm_elementwise_affine, **kw)
+        self.proj_out = ops.Linear(dim, p * p * config.out_channels, **kw)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
+    def _check_inputs(self, latents, timestep, text_states, extra: list[torch.Tensor]) -> None:
+        cfg = self.config
+        if latents.ndim != 5 or latents.shape[1] != cfg.out_channels:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}: expected [B, {cfg.out_channels}, T, h, w].")
+        b, _, t, h, w = latents.shape
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {cfg.patch_size}: "
+                             f"use a pixel width and height that are multiples of {8 * cfg.patch_size}.")
+        for name, tensor in zip(("inpaint_latents", "control_latents"), extra):
+            if tensor is not None and (tensor.ndim != 5 or tensor.shape[0] != b or tensor.shape[2:] != (t, h, w)):
+                raise ValueError(f"{name} have shape {tuple(tensor.shape)}: expected [{b}, C, {t}, {h}, {w}].")
+        got = cfg.out_channels + sum(x.shape[1] for x in extra if x is not None)
+        wants_inpaint = {"inp": True, "t2v": False, "control": False, "control_camera": False}.get(cfg.variant)
+        if got != cfg.in_channels or (wants_inpaint is not None and wants_inpaint != (extra[0] is not None)):
+            raise ValueError(
+                f"the transformer takes {cfg.in_channels} input channels ({cfg.variant_description}) but got {got} "
+                f"(latents {cfg.out_channels}"
+                + "".join(f" + {n} {x.shape[1]}" for n, x in zip(("inpaint", "control"), extra) if x is not None)
+                + f"). {cfg.expected_inputs}"
+            )
+        if text_states.ndim != 3 or text_states.shape[0] != b or text_states.shape[2] != cfg.text_embed_dim:
+            raise ValueError(f"text_states have shape {tuple(text_states.shape)}: expected [{b}, L, "
+                             f"{cfg.text_embed_dim}] (hidden states of the model's own text encoder).")
+        if timestep.ndim > 1 or timestep.numel() not in (1, b):
+            raise ValueError(f"timestep has shape {tuple(timestep.shape)}: expected a scalar or [{b}].")
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | float,
+        text_states: torch.Tensor,
+        *,
+        inpaint_latents: torch.Tensor | None = None,
+        control_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg, p = self.config, self.config.patch_size
+        timestep = torch.as_tensor(timestep, device=latents.device)
+        self._check_inputs(latents, timestep, text_states, [inpaint_latents, control_latents])
+        b, c_out, t, h, w = latents.shape
+        gh, gw = h // p, w // p
+        dtype = self.dtype
+
+        # 1. Timestep embedding; the weights were trained with timesteps rounded to bf16.
+        timestep = timestep.reshape(-1).expand(b).to(torch.bfloat16)
+        temb = timestep_sinusoid(timestep, cfg.inner_dim, cfg.flip_sin_to_cos, cfg.freq_shift).to(dtype)
+        temb = self.time_embedding(temb)  # [B, time_embed_dim]
+
+        # 2. Channel concatenation: noisy latents, then inpaint, then control channels.
+        x = torch.cat([latents] + [e for e in (inpaint_latents, control_latents) if e is not None], dim=1).to(dtype)
+
+        # 3. Per-frame patch embedding.
+        x = x.transpose(1, 2).flatten(0, 1)  # [B, C, T, h, w] -> [B*T, C, h, w]
+        x = self.proj(x)  # [B*T, D, gh, gw]
+        video = x.unflatten(0, (b, t)).flatten(3).permute(0, 1, 3, 2).flatten(1, 2)  # -> [B, T*gh*gw, D]
+
+        # 4. Text projection (RMSNorm first in V5.1).
+        text = self.text_proj(text_states.to(dtype))  # [B, L, D]
+
+        # 5. Blocks with the 3D rotary embedding on the video tokens.
+        rope = rotary_embedding_3d(t, gh, gw, cfg.attention_head_dim, canvas_w=cfg.sample_width // p,
+                                   canvas_h=cfg.sample_height // p, formula=self.rope_formula, device=video.device)
+        for block in self.transformer_blocks:
+            video, text = block(video, text, temb, rope)
+
+        # 6. Output norm and projection (norm_final is per token, so the text tokens can be left out).
+        video = self.norm_final(video)
+        shift, scale = self.norm_out.linear(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
+        video = self.norm_out.norm(video) * (1 + scale) + shift
+        video = self.proj_out(video)  # [B, N, p*p*C]
+
+        # 7. Unpatchify; the output features are ordered (c, py, px).
+        video = video.reshape(b, t, gh, gw, c_out, p, p).permute(0, 4, 1, 2, 5, 3, 6)  # [B, C, T, gh, p, gw, p]
+        return video.reshape(b, c_out, t, h, w)
