@@ -5,6 +5,7 @@ from .loading import (
     ModelFormatError,
     convert_transformer_key,
     convert_transformer_state_dict,
+    load_scheduler,
     load_transformer,
     load_vae,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "VAEConfig",
     "convert_transformer_key",
     "convert_transformer_state_dict",
+    "load_scheduler",
     "load_transformer",
     "load_vae",
     "transformer_config_from_dict",

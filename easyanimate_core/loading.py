@@ -20,6 +20,7 @@ from torch import nn
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
+from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
 
@@ -208,3 +209,13 @@ def load_vae(
     logger.info("Loaded the MagViT VAE from %s as %s on %s", folder, dtype, device)
     return model.eval().requires_grad_(False)
 
+
+
+def load_scheduler(path: str | Path) -> FlowMatchEulerScheduler:
+    """The flow scheduler of a model folder (``scheduler/scheduler_config.json``); V5.1 defaults if absent."""
+    path = Path(path).expanduser()
+    for candidate in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
+        if candidate.is_file():
+            return FlowMatchEulerScheduler.from_config_dict(read_config_json(candidate), source=str(candidate))
+    logger.warning("No scheduler/scheduler_config.json in %s: using the EasyAnimate V5.1 flow defaults.", path)
+    return FlowMatchEulerScheduler()
