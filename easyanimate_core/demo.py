@@ -63,3 +63,61 @@ def write_demo_model(folder: str | Path, variant: str = "t2v", seed: int = 0) ->
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
     return folder
+
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_DEMO_CORPUS = [
+    "You are a helpful assistant.",
+    "A cat walks on the grass, realistic style. A dog runs on the beach at sunset.",
+    "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。",
+    "camera pans left over a mountain lake; waves, clouds, city lights at night",
+]
+
+
+def write_demo_tokenizer(folder: str | Path) -> Path:
+    """A byte-level BPE tokenizer in the Qwen2 style (same special tokens and chat template), trained locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_DEMO_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=32768)
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    folder = Path(folder)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def write_demo_text_encoder(folder: str | Path, hidden_size: int, vocab_size: int, seed: int = 0) -> Path:
+    """A tiny random Qwen2-VL (text and vision towers, like the released folder) saved with transformers."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    heads = 4
+    head_dim = hidden_size // heads
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=1,
+                         rope_scaling={"type": "mrope", "mrope_section": [head_dim // 4, head_dim // 8,
+                                                                          head_dim // 8]},
+                         bos_token_id=0, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+                           in_chans=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    return folder

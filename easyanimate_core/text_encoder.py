@@ -1,0 +1,171 @@
+"""Qwen2-VL prompt encoding as EasyAnimate V5.1 uses it (reference section 4.1), text tower only.
+
+Each prompt becomes its own one-turn chat (the Qwen2-VL template inserts the default system turn), is right-padded
+to 256 tokens and run through the language model; the DiT takes the second-to-last hidden state, i.e. the output
+of all decoder layers but the last, before the final norm. So the last layer, the final norm, the LM head and the
+vision tower are never loaded.
+
+Pad tokens take part in the DiT's attention, so their hidden states matter; they come out exactly as from the full
+Qwen2-VL model of the installed transformers release (checked against diffusers' ``encode_prompt``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .loading import ModelFormatError, resolve_component
+from .safetensors_io import read_header, read_tensors
+
+logger = logging.getLogger(__name__)
+
+MAX_TOKENS = 256
+_TEXT_PREFIXES = ("model.language_model.", "model.")  # transformers >= 5 layout, then the released layout
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """``states`` [B, 256, hidden] in the encoder dtype and ``mask`` [B, 256] (1 = real token)."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class QwenTextEncoder(nn.Module):
+    """The first N-1 decoder layers of Qwen2-VL's language model plus its tokenizer."""
+
+    def __init__(self, language_model: nn.Module, tokenizer, max_tokens: int = MAX_TOKENS):
+        super().__init__()
+        self.language_model = language_model
+        self.tokenizer = tokenizer
+        self.max_tokens = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language_model.config.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.embed_tokens.weight.device
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt on its own (never one multi-turn conversation): ids and mask [B, max_tokens]."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts = {prompts!r}: expected a list of strings.")
+        texts = [chat_text(self.tokenizer, p) for p in prompts]
+        batch = self.tokenizer(texts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                               return_attention_mask=True, return_tensors="pt", padding_side="right")
+        return batch["input_ids"], batch["attention_mask"]
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> PromptEmbeddings:
+        ids, mask = self.tokenize(list(prompts))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        out = self.language_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return PromptEmbeddings(states=out.last_hidden_state, mask=mask)
+
+
+def _chat_template_file(folder: Path) -> str | None:
+    path = folder / "chat_template.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    return None
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    folder = Path(path) / "tokenizer" if (Path(path) / "tokenizer").is_dir() else Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No tokenizer folder at {folder}: the model folder needs its tokenizer/ subfolder.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"Cannot read the tokenizer in {folder} ({exc}). Download the tokenizer/ folder "
+                               f"of the model again.") from exc
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = _chat_template_file(folder)
+    if tokenizer.chat_template is None:
+        raise ModelFormatError(f"The tokenizer in {folder} has no chat template (tokenizer_config.json or "
+                               f"chat_template.json). Download the tokenizer/ folder of the model again.")
+    return tokenizer
+
+
+def _language_model_config(folder: Path):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"Cannot read {folder / 'config.json'} ({exc}).") from exc
+    if getattr(config, "model_type", None) != "qwen2_vl":
+        raise ModelFormatError(
+            f"{folder / 'config.json'} describes a {getattr(config, 'model_type', '?')!r} model, not Qwen2-VL: "
+            f"EasyAnimate V5.1 needs its Qwen2-VL text_encoder/ folder (V5's Bert/T5 encoders are not supported)."
+        )
+    text_config = copy.deepcopy(config.text_config)
+    if text_config.num_hidden_layers < 2:
+        raise ModelFormatError(f"{folder / 'config.json'}: num_hidden_layers = {text_config.num_hidden_layers}, "
+                               f"expected at least 2 (the penultimate hidden state is used).")
+    text_config.num_hidden_layers -= 1  # the last layer only feeds hidden_states[-1], which is not used
+    text_config.layer_types = text_config.layer_types[: text_config.num_hidden_layers]
+    return text_config
+
+
+def load_text_encoder(
+    path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> QwenTextEncoder:
+    """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLTextModel
+
+    folder = resolve_component(path, "text_encoder")
+    text_config = _language_model_config(folder)
+    with torch.device("meta"):
+        model = Qwen2VLTextModel(text_config)
+    model.norm = nn.Identity()
+    model.to_empty(device=device).to(dtype)
+    model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelFormatError(f"No .safetensors weights in {folder}. Download the text_encoder/ weight files.")
+    wanted = model.state_dict()
+    entries = {}
+    for entry in (e for f in files for e in read_header(f)):
+        for prefix in _TEXT_PREFIXES:
+            if entry.name.startswith(prefix) and not entry.name.startswith("model.visual."):
+                name = entry.name[len(prefix):]
+                if name in wanted:
+                    entries[name] = entry
+                break
+    missing = sorted(set(wanted) - set(entries))
+    if missing:
+        raise ModelFormatError(f"The text encoder weights in {folder} lack {len(missing)} tensors of the language "
+                               f"model (first: {missing[:5]}). Download the text_encoder/ folder again.")
+    key_of = {(e.file, e.begin): k for k, e in entries.items()}
+    with torch.no_grad():
+        for entry, tensor in read_tensors(list(entries.values()), dtype=dtype, device=device):
+            name = key_of[entry.file, entry.begin]
+            if tuple(tensor.shape) != tuple(wanted[name].shape):
+                raise ModelFormatError(f"{entry.file}: tensor '{entry.name}' has shape {tuple(tensor.shape)}, the "
+                                       f"config asks for {tuple(wanted[name].shape)}. Download the folder again.")
+            wanted[name].copy_(tensor)
+    logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s on %s",
+                text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype, device)
+    model_root = folder.parent if folder.name == "text_encoder" else folder
+    return QwenTextEncoder(model.eval().requires_grad_(False), load_tokenizer(model_root))
