@@ -1,0 +1,96 @@
+"""The denoise loop: flow-matching Euler with classifier-free guidance (reference section 5.2).
+
+CFG runs the negative and the positive prompt as one batch [negative, positive], with every conditioning tensor
+duplicated unchanged. ``callback(step, total, latents)`` runs after every step; if it raises (a cancel), the
+exception propagates and no input has been modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .scheduler import FlowMatchEulerScheduler
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Extra transformer inputs for one video ``[1, C, T, h, w]``: InP mask + masked latents, or control channels."""
+
+    inpaint_latents: torch.Tensor | None = None
+    control_latents: torch.Tensor | None = None
+
+    def batched(self, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        return {name: t.to(device=device, dtype=dtype).expand(n, -1, -1, -1, -1)
+                for name, t in (("inpaint_latents", self.inpaint_latents), ("control_latents", self.control_latents))
+                if t is not None}
+
+
+def initial_noise(shape: tuple[int, ...], *, seed: int | None = None, generator: torch.Generator | None = None,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Gaussian noise drawn on the CPU in fp32 (the same seed gives the same video on every device), then moved."""
+    if (seed is None) == (generator is None):
+        raise ValueError("pass exactly one of seed or generator")
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
+
+
+def rescale_guidance(guided: torch.Tensor, positive: torch.Tensor, amount: float) -> torch.Tensor:
+    """Blend the guided prediction with itself rescaled to the positive prediction's std (0 = off)."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return amount * rescaled + (1.0 - amount) * guided
+
+
+def denoise(
+    transformer: torch.nn.Module,
+    scheduler: FlowMatchEulerScheduler,
+    *,
+    noise: torch.Tensor,
+    text: torch.Tensor,
+    negative_text: torch.Tensor | None = None,
+    steps: int,
+    guidance: float = 6.0,
+    guidance_rescale: float = 0.0,
+    strength: float = 1.0,
+    clean_latents: torch.Tensor | None = None,
+    conditioning: Conditioning = Conditioning(),
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Denoise ``noise`` [1, 16, T, h, w] into scaled latents of the same shape.
+
+    ``text``/``negative_text`` are prompt embeddings [1, L, D]; without a negative (or with guidance <= 1) there is
+    no unconditional pass. ``strength`` < 1 starts from ``clean_latents`` noised to the first kept step
+    (video-to-video).
+    """
+    dtype, device = transformer.dtype, transformer.device
+    use_cfg = guidance > 1.0 and negative_text is not None
+    if strength < 1.0 and clean_latents is None:
+        raise ValueError(f"strength = {strength} needs the clean latents of an input video (clean_latents).")
+    if clean_latents is not None and clean_latents.shape != noise.shape:
+        raise ValueError(f"clean_latents have shape {tuple(clean_latents.shape)}, the noise {tuple(noise.shape)}.")
+    schedule = scheduler.schedule(steps, strength=strength, device=device)
+    latents = noise.to(device=device, dtype=dtype)
+    if strength < 1.0:
+        latents = scheduler.add_noise(clean_latents.to(device=device, dtype=dtype), latents, schedule.sigmas[0])
+    batch = 2 if use_cfg else 1
+    states = torch.cat([negative_text, text]) if use_cfg else text
+    states = states.to(device=device, dtype=dtype)
+    extra = conditioning.batched(batch, dtype, device)
+    for i, t in enumerate(schedule.timesteps):
+        model_in = latents.expand(batch, -1, -1, -1, -1)
+        prediction = transformer(model_in, t.expand(batch), states, **extra)
+        if use_cfg:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + guidance * (cond - uncond)
+            if guidance_rescale > 0.0:
+                prediction = rescale_guidance(prediction, cond, guidance_rescale)
+        latents = scheduler.step(prediction, schedule, i, latents)
+        if callback is not None:
+            callback(i + 1, len(schedule), latents)
+    return latents
