@@ -1,0 +1,132 @@
+"""Frame layouts, frame-count and size rules, and reading/writing images and videos.
+
+ComfyUI's IMAGE is ``[F, H, W, C]`` float in 0..1; the models take ``[B, C, F, H, W]`` in [-1, 1]. The VAE needs
+4k+1 frames and the transformer a size that is a multiple of 16; the helpers here round only when asked to and
+otherwise say which values would work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SIZE_MULTIPLE = 16
+LATENT_CHANNELS = 16
+
+
+def check_frames(frames: int, *, allow_round: bool = False) -> int:
+    """A valid frame count (4k+1); rounds down to one when allowed."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames = {frames!r}: expected a positive integer of the form 4k+1 (1, 5, 9, ..., 49).")
+    if (frames - 1) % 4:
+        if not allow_round:
+            lower, upper = (frames - 1) // 4 * 4 + 1, (frames - 1) // 4 * 4 + 5
+            raise ValueError(f"frames = {frames}: the VAE needs 4k+1 frames; use {lower} or {upper}.")
+        frames = (frames - 1) // 4 * 4 + 1
+    return frames
+
+
+def check_size(width: int, height: int, *, allow_round: bool = False) -> tuple[int, int]:
+    """A valid (width, height), multiples of 16; rounds down when allowed."""
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < SIZE_MULTIPLE:
+            raise ValueError(f"{name} = {value!r}: expected an integer of at least {SIZE_MULTIPLE}.")
+    if not allow_round and (width % SIZE_MULTIPLE or height % SIZE_MULTIPLE):
+        raise ValueError(f"size {width}x{height}: width and height must be multiples of {SIZE_MULTIPLE}; "
+                         f"use {width // SIZE_MULTIPLE * SIZE_MULTIPLE}x{height // SIZE_MULTIPLE * SIZE_MULTIPLE}.")
+    return width // SIZE_MULTIPLE * SIZE_MULTIPLE, height // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // 4 + 1
+
+
+def latent_shape(frames: int, width: int, height: int) -> tuple[int, int, int, int, int]:
+    return 1, LATENT_CHANNELS, latent_frames(frames), height // 8, width // 8
+
+
+def frames_to_model(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE ``[F, H, W, C]`` in 0..1 -> ``[1, 3, F, height, width]`` in [-1, 1] (bicubic with antialiasing)."""
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"frames have shape {tuple(frames.shape)}: expected [F, H, W, C] with C = 1, 3 or 4.")
+    x = frames[..., :3].float() if frames.shape[-1] != 1 else frames.float().expand(-1, -1, -1, 3)
+    x = x.permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    x = x.clamp(0, 1) * 2 - 1
+    return x.permute(1, 0, 2, 3).unsqueeze(0)  # [F, 3, H, W] -> [1, 3, F, H, W]
+
+
+def model_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, F, H, W]`` in [-1, 1] -> IMAGE ``[B*F, H, W, 3]`` float32 in 0..1."""
+    x = (video.float().clamp(-1, 1) + 1) / 2
+    return x.permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()  # [B, 3, F, H, W] -> [B*F, H, W, 3]
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file -> IMAGE ``[1, H, W, 3]``."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"Cannot read an image from {path}: check the path and that it is a PNG/JPEG/WebP.")
+    return torch.from_numpy(image[..., ::-1].copy()).float().div(255).unsqueeze(0)
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> torch.Tensor:
+    """A video file -> IMAGE ``[F, H, W, 3]`` (the first ``max_frames`` frames)."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Video file {path} does not exist.")
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        width, height = meta["size"]
+        frames = []
+        for raw in reader:
+            frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+        reader.close()
+    except (RuntimeError, OSError, StopIteration) as exc:
+        raise ValueError(f"Cannot decode {path} as a video ({exc}).") from exc
+    if not frames:
+        raise ValueError(f"{path} holds no video frames.")
+    return torch.from_numpy(np.stack(frames)).float().div(255)
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def write_png(path: str | Path, frame: torch.Tensor) -> Path:
+    """One IMAGE frame ``[H, W, 3]`` -> PNG."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), _to_uint8(frame)[..., ::-1]):
+        raise OSError(f"Cannot write {path}.")
+    return path
+
+
+def write_mp4(path: str | Path, frames: torch.Tensor, fps: int = 8) -> Path:
+    """IMAGE ``[F, H, W, 3]`` -> H.264 mp4 (yuv420p, playable everywhere)."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _to_uint8(frames)
+    height, width = data.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, macro_block_size=1,
+                                         output_params=["-crf", "18"])
+    writer.send(None)
+    for frame in data:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
