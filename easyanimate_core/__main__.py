@@ -1,14 +1,16 @@
-"""Command line of the core: ``python -m easyanimate_core smoke``.
+"""Command line of the core: ``python -m easyanimate_core generate|make-demo-model``.
 
-``smoke`` loads a model folder (or writes and loads the built-in tiny demo model), runs a few flow-matching steps
-from noise with stand-in text states and decodes the result to a PNG. It checks that the transformer, the VAE, the
-scheduler and the loaders work together on this machine; prompt-driven generation comes with the text encoder.
+``generate`` runs every mode from flags and writes an mp4 plus a PNG of the first frame. Without ``--model`` (and
+without ``EASYANIMATE_MODELS_DIR``), or with ``--model demo``, it builds the tiny demo model with random weights on
+the fly, so the whole pipeline runs on any machine in seconds; its output is noise by construction.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -16,98 +18,182 @@ from pathlib import Path
 
 import torch
 
+from .conditioning import VARIANTS_FOR_MODE
+from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
-from .loading import load_scheduler, load_transformer, load_vae
 
 logger = logging.getLogger("easyanimate_core")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _positive_multiple(value: str, multiple: int, name: str) -> int:
-    number = int(value)
-    if number < multiple or number % multiple:
-        raise argparse.ArgumentTypeError(f"{name} = {number}: expected a positive multiple of {multiple}")
-    return number
-
-
-def _frames(value: str) -> int:
-    number = int(value)
-    if number < 1 or (number - 1) % 4:
-        raise argparse.ArgumentTypeError(f"frames = {number}: expected 4k+1 (1, 5, 9, ..., 49)")
-    return number
+# The demo variant that can run each mode.
+_DEMO_FOR_MODE = {"t2v": "t2v", "v2v": "t2v", "i2v": "inp", "control": "control", "trajectory": "control",
+                  "camera": "camera"}
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .generation import DEFAULT_NEGATIVE_PROMPT
+
     parser = argparse.ArgumentParser(prog="python -m easyanimate_core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    smoke = sub.add_parser("smoke", help="run the core end to end on a model folder or the built-in demo model")
-    smoke.add_argument("--model", default=None,
-                       help="model folder (original or diffusers layout); default: the built-in tiny demo model")
-    smoke.add_argument("--variant", choices=sorted(DEMO_VARIANT_CHANNELS), default="t2v",
-                       help="variant of the demo model (ignored with --model)")
-    smoke.add_argument("--width", type=lambda v: _positive_multiple(v, 16, "width"), default=96)
-    smoke.add_argument("--height", type=lambda v: _positive_multiple(v, 16, "height"), default=64)
-    smoke.add_argument("--frames", type=_frames, default=9)
-    smoke.add_argument("--steps", type=int, default=4)
-    smoke.add_argument("--seed", type=int, default=0)
-    smoke.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    smoke.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    smoke.add_argument("--output", type=Path, default=Path("outputs/smoke.png"), help="PNG of the first frame")
+
+    gen = sub.add_parser("generate", help="generate a video (every mode; see the README for examples)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    gen.add_argument("--model", help="model folder (original or diffusers layout), or 'demo' for the built-in "
+                                     "tiny random model; default: $EASYANIMATE_MODELS_DIR, else the demo model")
+    gen.add_argument("--frames", type=int, default=49, help="4k+1 frames (1..49 as trained)")
+    gen.add_argument("--width", type=int, default=672, help="multiple of 16")
+    gen.add_argument("--height", type=int, default=384, help="multiple of 16")
+    gen.add_argument("--round", action="store_true", help="round frames down to 4k+1 and size to multiples of 16")
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=6.0)
+    gen.add_argument("--guidance-rescale", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=43)
+    gen.add_argument("--strength", type=float, default=1.0, help="video-to-video denoise strength (0..1]")
+    gen.add_argument("--start-image", type=Path, help="image-to-video: the first frame (InP models)")
+    gen.add_argument("--end-image", type=Path, help="image-to-video: the last frame (InP models)")
+    gen.add_argument("--input-video", type=Path, help="video-to-video: the video to transform")
+    gen.add_argument("--control-video", type=Path, help="control: canny/pose/depth/... video (Control models)")
+    gen.add_argument("--reference-image", type=Path, help="control, trajectory, camera: the reference image")
+    gen.add_argument("--trajectory", help="trajectory control: a JSON file or string in any supported format")
+    gen.add_argument("--camera", help="camera control: preset name(s), several joined by '+' move at once "
+                                      "(e.g. 'Pan Up+Pan Left')")
+    gen.add_argument("--camera-file", type=Path, help="camera control: a CameraCtrl/RealEstate10K pose file")
+    gen.add_argument("--camera-speed", type=float, default=1.0)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on a GPU, float32 on the CPU")
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--output", type=Path, default=Path("outputs/easyanimate.mp4"), help="mp4 path; a PNG of "
+                                                                                          "the first frame is "
+                                                                                          "written beside it")
+
+    demo = sub.add_parser("make-demo-model", help="write the tiny random demo model as a complete model folder")
+    demo.add_argument("folder", type=Path)
+    demo.add_argument("--variant", choices=sorted(DEMO_VARIANT_CHANNELS), default="t2v")
     return parser
 
 
-def smoke(args: argparse.Namespace) -> int:
+def _camera_path(args: argparse.Namespace):
+    from .camera import combine, read_pose_file, resample
+
+    if args.camera and args.camera_file:
+        raise SystemExit("give either --camera or --camera-file, not both")
+    if args.camera_file:
+        return resample(read_pose_file(args.camera_file), args.frames)
+    if args.camera:
+        names = [n.strip() for n in args.camera.split("+") if n.strip()]
+        return combine(*names, frames=args.frames, speed=args.camera_speed)
+    return None
+
+
+def _trajectory(args: argparse.Namespace):
+    from .trajectory import parse_trajectory
+
+    if not args.trajectory:
+        return None
+    text = args.trajectory
+    if not text.lstrip().startswith(("[", "{")) and Path(text).is_file():
+        text = Path(text).read_text(encoding="utf-8")
+    return parse_trajectory(text, canvas_size=(args.width, args.height))
+
+
+def _request(args: argparse.Namespace):
+    from .generation import GenerationRequest
+    from .video import read_image, read_video
+
+    return GenerationRequest(
+        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
+        guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
+        start_images=read_image(args.start_image) if args.start_image else None,
+        end_images=read_image(args.end_image) if args.end_image else None,
+        input_video=read_video(args.input_video, args.frames) if args.input_video else None,
+        control_video=read_video(args.control_video, args.frames) if args.control_video else None,
+        reference_image=read_image(args.reference_image) if args.reference_image else None,
+        trajectory=_trajectory(args), camera=_camera_path(args), allow_rounding=args.round,
+    ).checked()
+
+
+def _model_for(mode: str, model_arg: str | None) -> Path | None:
+    """The model folder to use, or None for the demo model."""
+    if model_arg == "demo":
+        return None
+    if model_arg:
+        return Path(model_arg)
+    root = os.environ.get("EASYANIMATE_MODELS_DIR")
+    if not root:
+        return None
+    root = Path(root)
+    if (root / "transformer" / "config.json").is_file():
+        return root
+    found = []
+    for folder in sorted(p for p in root.iterdir() if (p / "transformer" / "config.json").is_file()):
+        channels = json.loads((folder / "transformer" / "config.json").read_text()).get("in_channels", 16)
+        variant = TransformerConfig(in_channels=channels).variant
+        found.append(f"{folder.name} ({variant})")
+        if variant in VARIANTS_FOR_MODE[mode]:
+            return folder
+    raise SystemExit(f"EASYANIMATE_MODELS_DIR={root} holds no model for {mode} (found: {found or 'none'}); "
+                     f"pass --model.")
+
+
+def generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .generation import decode_latents, sample_latents
+    from .loading import load_scheduler, load_transformer, load_vae
+    from .text_encoder import load_text_encoder
+    from .video import write_mp4, write_png
+
+    request = _request(args)
+    args.output = args.output.with_suffix(".mp4")
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model_dir = _model_for(request.mode, args.model)
+    model_label = str(model_dir) if model_dir is not None else "the random demo model"
     with tempfile.TemporaryDirectory(prefix="easyanimate-demo-") as scratch:
-        if args.model is None:
-            model_dir = write_demo_model(Path(scratch) / "demo", variant=args.variant, seed=args.seed)
-            logger.warning("No --model given: using the built-in tiny DEMO model with RANDOM weights (%s). "
-                           "Its output is noise; it only proves the pipeline runs.", args.variant)
-        else:
-            model_dir = Path(args.model)
-        dtype, device = DTYPES[args.dtype], torch.device(args.device)
+        if model_dir is None:
+            variant = _DEMO_FOR_MODE[request.mode]
+            model_dir = write_demo_model(Path(scratch) / "demo", variant=variant, seed=0)
+            logger.warning("Using the built-in tiny DEMO model (%s) with RANDOM weights: the video will be noise. "
+                           "Pass --model PATH (or set EASYANIMATE_MODELS_DIR) for real weights.", variant)
         started = time.perf_counter()
+        encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
+        prompt = encoder.encode([args.prompt])
+        negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
+        del encoder  # the text encoder is not needed for sampling
         transformer = load_transformer(model_dir, dtype=dtype, device=device)
         vae = load_vae(model_dir, dtype=dtype, device=device)
         scheduler = load_scheduler(model_dir)
-        load_s = time.perf_counter() - started
-    cfg = transformer.config
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    t = (args.frames - 1) // 4 + 1
-    shape = (1, 16, t, args.height // 8, args.width // 8)
-    latents = torch.randn(shape, generator=gen).to(device, dtype)
-    # Stand-in for the text encoder: the same random states for every step.
-    text = torch.randn(1, 16, cfg.text_embed_dim, generator=gen).to(device, dtype)
-    extra_channels = cfg.in_channels - 16
-    extra = {}
-    if extra_channels:
-        key = "inpaint_latents" if cfg.variant == "inp" else "control_latents"
-        extra[key] = torch.zeros(1, extra_channels, *shape[2:], device=device, dtype=dtype)
-    schedule = scheduler.schedule(args.steps, device=device)
+    logger.info("%s: %s at %dx%dx%d, %d steps (models loaded in %.1f s)", transformer.config.variant_description,
+                request.mode, request.width, request.height, request.frames, request.steps,
+                time.perf_counter() - started)
     started = time.perf_counter()
-    with torch.inference_mode():
-        for i, timestep in enumerate(schedule.timesteps):
-            velocity = transformer(latents, timestep, text, **extra)
-            latents = scheduler.step(velocity, schedule, i, latents)
-            logger.info("step %d/%d", i + 1, len(schedule))
-        video = vae.decode(latents / vae.scaling_factor)  # [1, 3, F, H, W] in [-1, 1]
-    sample_s = time.perf_counter() - started
-    frame = ((video[0, :, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, H, W]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    import cv2
+    with tqdm(total=request.steps, desc="sampling", unit="step") as bar:
+        latents = sample_latents(transformer, vae, scheduler, request, prompt, negative,
+                                 callback=lambda step, total, _: bar.update(1))
+    frames = decode_latents(vae, latents, tile_size=args.tile_size)
+    write_mp4(args.output, frames, fps=args.fps)
+    png = write_png(args.output.with_suffix(".png"), frames[0])
+    print(f"{request.mode}: {frames.shape[0]} frames {request.width}x{request.height} in "
+          f"{time.perf_counter() - started:.1f} s with {model_label} -> {args.output} (first frame: {png})")
+    return 0
 
-    cv2.imwrite(str(args.output), frame.permute(1, 2, 0).flip(-1).cpu().numpy())
-    print(f"{cfg.variant_description}: {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M parameters, "
-          f"loaded in {load_s:.2f} s")
-    print(f"{args.steps} steps at {args.width}x{args.height}x{args.frames} on {device} ({args.dtype}): "
-          f"{sample_s:.2f} s; video {tuple(video.shape)}; first frame -> {args.output}")
+
+def make_demo_model(args: argparse.Namespace) -> int:
+    folder = write_demo_model(args.folder, variant=args.variant)
+    print(f"Wrote the tiny random demo model ({args.variant}) to {folder}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    return {"smoke": smoke}[args.command](args)
+    try:
+        return {"generate": generate, "make-demo-model": make_demo_model}[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .video import frames_to_model, latent_frames
 # Inference noise on the known frames of InP models: the mean of the log-normal amplitude used in training.
 REFERENCE_NOISE_STRENGTH = 0.0563
 
-_MODEL_FOR_MODE = {
+VARIANTS_FOR_MODE = {
     "t2v": ("t2v", "inp"),
     "i2v": ("inp",),
     "v2v": ("t2v", "inp"),
@@ -37,9 +37,9 @@ _MODEL_NAMES = {
 
 def require_variant(config: TransformerConfig, mode: str) -> None:
     """Refuse a mode the loaded variant cannot do, before any work, naming the model that can."""
-    if mode not in _MODEL_FOR_MODE:
-        raise ValueError(f"mode {mode!r}: expected one of {sorted(_MODEL_FOR_MODE)}.")
-    allowed = _MODEL_FOR_MODE[mode]
+    if mode not in VARIANTS_FOR_MODE:
+        raise ValueError(f"mode {mode!r}: expected one of {sorted(VARIANTS_FOR_MODE)}.")
+    allowed = VARIANTS_FOR_MODE[mode]
     if config.variant not in allowed:
         raise ValueError(f"{mode} needs {_MODEL_NAMES[allowed[0]]}; the loaded model is the "
                          f"{config.variant_description}. Load the right model folder.")

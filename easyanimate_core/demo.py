@@ -50,21 +50,6 @@ def _write_component(folder: Path, class_name: str, config, module: torch.nn.Mod
     save_file(state, folder / "diffusion_pytorch_model.safetensors")
 
 
-def write_demo_model(folder: str | Path, variant: str = "t2v", seed: int = 0) -> Path:
-    """Write ``transformer/``, ``vae/`` and ``scheduler/`` of a tiny random model under ``folder``."""
-    folder = Path(folder)
-    config = demo_transformer_config(variant)
-    torch.manual_seed(seed)
-    transformer = EasyAnimateTransformer(config)
-    _write_component(folder / "transformer", "EasyAnimateTransformer3DModel", config, transformer,
-                     {"enable_text_attention_mask": True, "resize_inpaint_mask_directly": True})
-    _write_component(folder / "vae", "AutoencoderKLMagvit", DEMO_VAE, MagvitVAE(DEMO_VAE),
-                     {"cache_mag_vae": True, "mid_block_use_attention": False})
-    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
-    return folder
-
-
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -120,4 +105,37 @@ def write_demo_text_encoder(folder: str | Path, hidden_size: int, vocab_size: in
     model = Qwen2VLForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(str(folder))
+    return folder
+
+
+_PIPELINE_CLASS = {"t2v": "EasyAnimatePipeline", "inp": "EasyAnimateInpaintPipeline",
+                   "control": "EasyAnimateControlPipeline", "camera": "EasyAnimateControlPipeline"}
+
+
+def write_demo_model(folder: str | Path, variant: str = "t2v", seed: int = 0) -> Path:
+    """Write a complete tiny random model folder in the original layout under ``folder``.
+
+    ``transformer/``, ``vae/``, ``text_encoder/`` (a tiny Qwen2-VL), ``tokenizer/``, ``scheduler/`` and
+    ``model_index.json``, as in the released folders.
+    """
+    folder = Path(folder)
+    config = demo_transformer_config(variant)
+    torch.manual_seed(seed)
+    transformer = EasyAnimateTransformer(config)
+    _write_component(folder / "transformer", "EasyAnimateTransformer3DModel", config, transformer,
+                     {"enable_text_attention_mask": True, "resize_inpaint_mask_directly": True})
+    _write_component(folder / "vae", "AutoencoderKLMagvit", DEMO_VAE, MagvitVAE(DEMO_VAE),
+                     {"cache_mag_vae": True, "mid_block_use_attention": False})
+    tokenizer_dir = write_demo_tokenizer(folder / "tokenizer")
+    vocab_size = len(json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
+    write_demo_text_encoder(folder / "text_encoder", hidden_size=config.text_embed_dim, vocab_size=vocab_size,
+                            seed=seed)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    index = {"_class_name": _PIPELINE_CLASS[variant], "transformer": ["easyanimate", "EasyAnimateTransformer3DModel"],
+             "vae": ["diffusers", "AutoencoderKLMagvit"], "text_encoder": ["transformers",
+                                                                          "Qwen2VLForConditionalGeneration"],
+             "tokenizer": ["transformers", "Qwen2Tokenizer"], "scheduler": ["diffusers",
+                                                                           "FlowMatchEulerDiscreteScheduler"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder

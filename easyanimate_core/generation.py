@@ -1,0 +1,142 @@
+"""One generation request -> latents, for every mode; shared by the command line and the ComfyUI nodes.
+
+The mode follows from the inputs given: a camera path -> camera control, a trajectory -> trajectory control, a
+control video -> control, an input video -> video-to-video, start/end images -> image-to-video, none ->
+text-to-video. Prompts are encoded by the caller (so a prompt is encoded once and the text encoder can be freed
+before sampling); decoding is a separate step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .camera import CameraPath, plucker_embedding
+from .conditioning import (
+    camera_conditioning,
+    control_conditioning,
+    image_to_video_inputs,
+    inpaint_conditioning,
+    require_variant,
+    video_latents,
+)
+from .sampling import Conditioning, StepCallback, denoise, initial_noise
+from .scheduler import FlowMatchEulerScheduler
+from .text_encoder import PromptEmbeddings
+from .trajectory import Trajectory, render_trajectory_video
+from .transformer import EasyAnimateTransformer
+from .vae import MagvitVAE
+from .video import check_frames, check_size, latent_shape, model_to_frames
+
+# The negative prompt of the official predict scripts ("twisted body, limb deformities, text captions, comic,
+# static, ugly, error, messy code").
+DEFAULT_NEGATIVE_PROMPT = "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one video needs besides the models. Images and videos are IMAGE tensors [F, H, W, C] in 0..1."""
+
+    width: int = 672
+    height: int = 384
+    frames: int = 49
+    steps: int = 50
+    guidance: float = 6.0
+    guidance_rescale: float = 0.0
+    seed: int = 43
+    strength: float = 1.0
+    start_images: torch.Tensor | None = None
+    end_images: torch.Tensor | None = None
+    input_video: torch.Tensor | None = None
+    control_video: torch.Tensor | None = None
+    reference_image: torch.Tensor | None = None
+    trajectory: Trajectory | None = None
+    camera: CameraPath | None = None
+    allow_rounding: bool = False
+
+    @property
+    def mode(self) -> str:
+        given = [name for name, value in (("camera", self.camera), ("trajectory", self.trajectory),
+                                          ("control", self.control_video), ("v2v", self.input_video))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"inputs for several modes were given ({', '.join(given)}): connect only one of camera "
+                             f"poses, trajectory, control video and input video.")
+        images = self.start_images is not None or self.end_images is not None
+        if given and images:
+            raise ValueError(f"start/end images cannot be combined with {given[0]}: use the reference image input "
+                             f"for control modes, or image-to-video alone.")
+        if given:
+            return given[0]
+        return "i2v" if images else "t2v"
+
+    def checked(self) -> "GenerationRequest":
+        """The request with a valid frame count and size (rounded only when ``allow_rounding``)."""
+        frames = check_frames(self.frames, allow_round=self.allow_rounding)
+        width, height = check_size(self.width, self.height, allow_round=self.allow_rounding)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps = {self.steps!r}: expected an integer >= 1.")
+        if self.strength < 1.0 and self.mode != "v2v":
+            raise ValueError(f"strength = {self.strength} only applies to video-to-video: connect an input video "
+                             f"or set the strength to 1.")
+        return replace(self, frames=frames, width=width, height=height)
+
+
+def _conditioning(request: GenerationRequest, transformer: EasyAnimateTransformer, vae: MagvitVAE,
+                  generator: torch.Generator) -> tuple[Conditioning, torch.Tensor | None]:
+    config, mode = transformer.config, request.mode
+    size = dict(frames=request.frames, width=request.width, height=request.height)
+    if mode in ("t2v", "v2v"):
+        clean = video_latents(vae, request.input_video, **size) if mode == "v2v" else None
+        if config.variant == "inp":
+            return inpaint_conditioning(vae, None, None, add_noise=False, **size), clean
+        return Conditioning(), clean
+    if mode == "i2v":
+        pixels, keep = image_to_video_inputs(request.start_images, request.end_images, **size)
+        return inpaint_conditioning(vae, pixels, keep, add_noise=config.add_noise_in_inpaint_model,
+                                    generator=generator, **size), None
+    if mode == "camera":
+        plucker = plucker_embedding(request.camera, request.width, request.height)
+        return camera_conditioning(vae, plucker, request.reference_image, **size), None
+    control = request.control_video
+    if mode == "trajectory":
+        control = render_trajectory_video(request.trajectory, request.frames, request.width, request.height)
+    return control_conditioning(vae, control, request.reference_image, **size), None
+
+
+def sample_latents(
+    transformer: EasyAnimateTransformer,
+    vae: MagvitVAE,
+    scheduler: FlowMatchEulerScheduler,
+    request: GenerationRequest,
+    prompt: PromptEmbeddings | torch.Tensor,
+    negative: PromptEmbeddings | torch.Tensor | None = None,
+    *,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Scaled latents [1, 16, T, h, w] for ``request``. The variant is checked before any work."""
+    request = request.checked()
+    require_variant(transformer.config, request.mode)
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    noise = initial_noise(latent_shape(request.frames, request.width, request.height), generator=generator)
+
+    def states(p):
+        return p.states if isinstance(p, PromptEmbeddings) else p
+
+    with torch.inference_mode():
+        conditioning, clean = _conditioning(request, transformer, vae, generator)
+        return denoise(transformer, scheduler, noise=noise, text=states(prompt),
+                       negative_text=None if negative is None else states(negative), steps=request.steps,
+                       guidance=request.guidance, guidance_rescale=request.guidance_rescale,
+                       strength=request.strength, clean_latents=clean, conditioning=conditioning, callback=callback)
+
+
+def decode_latents(vae: MagvitVAE, latents: torch.Tensor, *, tile_size: int | None = None,
+                   callback=None) -> torch.Tensor:
+    """Scaled latents [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] in 0..1."""
+    param = next(vae.parameters())
+    with torch.inference_mode():
+        video = vae.decode(latents.to(device=param.device, dtype=param.dtype) / vae.scaling_factor,
+                           tile_size=tile_size, callback=callback)
+    return model_to_frames(video)
