@@ -1,10 +1,15 @@
-"""The pack's ComfyUI nodes register here.
+"""The pack's ComfyUI nodes (V1 API). Node ids start with ``EasyAnimate`` and never change once released.
 
-Each node module adds its classes to ``NODE_CLASS_MAPPINGS`` (node id -> class) and its titles to
-``NODE_DISPLAY_NAME_MAPPINGS`` (node id -> display name). Node ids start with ``EasyAnimate`` and never
-change once released. Node modules import ``easyanimate_core`` (and so torch) inside their functions,
-never at import time.
+Node modules import ``easyanimate_core`` (and so torch) inside their functions, never at import time, so the pack
+imports cheaply; ``_comfy`` is the only module that touches ComfyUI.
 """
+
+from . import _comfy, camera, lora, loader, sampler, text, trajectory, vae
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in (loader, text, sampler, vae, lora, camera, trajectory):
+    NODE_CLASS_MAPPINGS.update(_module.NODES)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.DISPLAY)
+
+_comfy.register_model_folder()

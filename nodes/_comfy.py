@@ -1,0 +1,139 @@
+"""The only module that talks to ComfyUI. Every function imports ComfyUI inside and falls back to plain torch,
+so the nodes run the same in tests and on the command line as inside ComfyUI."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODEL_FOLDER = "EasyAnimate"
+PREVIEW_SIZE = 512
+
+
+def register_model_folder() -> None:
+    """Add ``models/EasyAnimate`` to ComfyUI's folder list without replacing paths from extra_model_paths.yaml."""
+    try:
+        import folder_paths
+    except ImportError:
+        return
+    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+
+
+def model_roots() -> list[Path]:
+    """Every folder that may hold EasyAnimate model folders."""
+    roots = []
+    try:
+        import folder_paths
+
+        roots += [Path(p) for p in folder_paths.get_folder_paths(MODEL_FOLDER)]
+    except (ImportError, KeyError):
+        pass
+    if os.environ.get("EASYANIMATE_MODELS_DIR"):
+        roots.append(Path(os.environ["EASYANIMATE_MODELS_DIR"]))
+    return roots
+
+
+def model_folders() -> dict[str, Path]:
+    """Model folder name -> path, for every folder with a ``transformer/config.json`` under any root."""
+    found: dict[str, Path] = {}
+    for root in model_roots():
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            if (folder / "transformer" / "config.json").is_file():
+                found.setdefault(folder.name, folder)
+    return found
+
+
+def lora_names() -> list[str]:
+    try:
+        import folder_paths
+
+        return folder_paths.get_filename_list("loras")
+    except (ImportError, KeyError):
+        return []
+
+
+def lora_path(name: str) -> Path:
+    try:
+        import folder_paths
+
+        path = folder_paths.get_full_path("loras", name)
+        if path:
+            return Path(path)
+    except ImportError:
+        pass
+    return Path(name)
+
+
+def torch_device():
+    import torch
+
+    try:
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+    except ImportError:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device():
+    import torch
+
+    try:
+        import comfy.model_management as mm
+
+        return mm.unet_offload_device()
+    except ImportError:
+        return torch.device("cpu")
+
+
+def make_room(bytes_needed: int) -> None:
+    """Free VRAM held by other ComfyUI models (never all of them) before one of ours moves in."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.free_memory(bytes_needed, mm.get_torch_device())
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel; nothing outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """ComfyUI's progress bar (with a latent preview image per step), or nothing outside ComfyUI."""
+
+    def __init__(self, total: int):
+        try:
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(total)
+        except ImportError:
+            self._bar = None
+
+    def update(self, done: int, total: int, latents=None) -> None:
+        if self._bar is None:
+            return
+        preview = _preview(latents) if latents is not None else None
+        self._bar.update_absolute(done, total, preview)
+
+
+def _preview(latents):
+    """A rough RGB view of the first latent frame (three channels, min-max scaled) as ComfyUI's preview tuple."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    frame = latents[0, :3, 0].float()  # [3, h, w]
+    lo, hi = frame.amin(dim=(1, 2), keepdim=True), frame.amax(dim=(1, 2), keepdim=True)
+    frame = ((frame - lo) / (hi - lo + 1e-6) * 255).byte().permute(1, 2, 0).cpu().numpy()
+    return "JPEG", Image.fromarray(frame), PREVIEW_SIZE
