@@ -32,9 +32,9 @@ class EasyAnimateModelLoader:
             "required": {
                 "model": (folders, {"tooltip": "A model folder under ComfyUI/models/EasyAnimate/ (or a path from "
                                                "extra_model_paths.yaml), e.g. EasyAnimateV5.1-12b-zh-InP."}),
-                "precision": (PRECISIONS, {"default": "bf16", "tooltip": "Weight and compute dtype. bf16 is what "
+                "precision": (list(PRECISIONS), {"default": "bf16", "tooltip": "Weight and compute dtype. bf16 is what "
                                                                          "the models were trained in."}),
-                "memory_mode": (MEMORY_MODES, {"default": "model_cpu_offload", "tooltip": (
+                "memory_mode": (list(MEMORY_MODES), {"default": "model_cpu_offload", "tooltip": (
                     "full: every model stays on the GPU (fastest, most VRAM). model_cpu_offload: each model "
                     "moves to the GPU only while it is used.")}),
             }

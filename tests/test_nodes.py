@@ -25,9 +25,9 @@ def test_v1_contract(node_id):
     for name, declaration in {**required, **optional}.items():
         assert isinstance(declaration, tuple) and 1 <= len(declaration) <= 2, name
         kind = declaration[0]
-        assert isinstance(kind, (str, list, tuple)), name
-        if isinstance(kind, (list, tuple)):
-            assert kind, f"{name}: empty combo"
+        assert isinstance(kind, (str, list)), f"{name}: a combo must be a list"
+        if isinstance(kind, list):
+            assert kind and all(isinstance(option, str) for option in kind), f"{name}: empty combo"
         assert declaration[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
         if isinstance(kind, str) and kind in ("INT", "FLOAT") and "default" in declaration[1]:
             options = declaration[1]
