@@ -108,7 +108,7 @@ def test_workflow_matches_the_node_definitions(mode):
         assert kind == out_kind and nodes[dst]["inputs"][dst_slot]["link"] == link_id
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
         linked_inputs.add((dst, input_name))
-    for node_id, definition in definitions.items():
+    for node_id in definitions:
         node_type = nodes[node_id]["type"]
         required = (pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES().get("required", {})
                     if node_type in pack.NODE_CLASS_MAPPINGS else CORE[node_type]["input"].get("required", {}))
