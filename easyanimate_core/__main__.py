@@ -21,6 +21,7 @@ import torch
 from .conditioning import VARIANTS_FOR_MODE
 from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
+from .memory import MEMORY_MODES
 
 logger = logging.getLogger("easyanimate_core")
 
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--fps", type=int, default=8)
     gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on a GPU, float32 on the CPU")
+    gen.add_argument("--memory-mode", choices=MEMORY_MODES, default="model_cpu_offload",
+                     help="where the models wait between uses and how weights are stored (README: which to pick)")
+    gen.add_argument("--blocks-on-gpu", type=int, default=24, help="block_swap: transformer blocks kept on the GPU")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--output", type=Path, default=Path("outputs/easyanimate.mp4"), help="mp4 path; a PNG of "
                                                                                           "the first frame is "
@@ -143,6 +147,7 @@ def generate(args: argparse.Namespace) -> int:
     from .generation import decode_latents, sample_latents
     from .loading import load_scheduler, load_transformer, load_vae
     from .text_encoder import load_text_encoder
+    from .memory import Placement, store_for_mode
     from .video import write_mp4, write_png
 
     request = _request(args)
@@ -158,21 +163,27 @@ def generate(args: argparse.Namespace) -> int:
             logger.warning("Using the built-in tiny DEMO model (%s) with RANDOM weights: the video will be noise. "
                            "Pass --model PATH (or set EASYANIMATE_MODELS_DIR) for real weights.", variant)
         started = time.perf_counter()
-        encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
-        prompt = encoder.encode([args.prompt])
-        negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
+        placement = Placement(args.memory_mode, device, torch.device("cpu"), blocks_on_gpu=args.blocks_on_gpu)
+        encoder = load_text_encoder(model_dir, dtype=dtype, device=placement.resting_device)
+        store_for_mode(placement, language_model=encoder.language_model)
+        with placement.active(encoder):
+            prompt = encoder.encode([args.prompt])
+            negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
         del encoder  # the text encoder is not needed for sampling
-        transformer = load_transformer(model_dir, dtype=dtype, device=device)
-        vae = load_vae(model_dir, dtype=dtype, device=device)
+        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device)
+        store_for_mode(placement, transformer=transformer)
+        vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
         scheduler = load_scheduler(model_dir)
-    logger.info("%s: %s at %dx%dx%d, %d steps (models loaded in %.1f s)", transformer.config.variant_description,
-                request.mode, request.width, request.height, request.frames, request.steps,
-                time.perf_counter() - started)
+    logger.info("%s: %s at %dx%dx%d, %d steps, %s (models loaded in %.1f s)",
+                transformer.config.variant_description, request.mode, request.width, request.height, request.frames,
+                request.steps, args.memory_mode, time.perf_counter() - started)
     started = time.perf_counter()
-    with tqdm(total=request.steps, desc="sampling", unit="step") as bar:
+    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(vae), \
+            placement.active(transformer):
         latents = sample_latents(transformer, vae, scheduler, request, prompt, negative,
                                  callback=lambda step, total, _: bar.update(1))
-    frames = decode_latents(vae, latents, tile_size=args.tile_size)
+    with placement.active(vae):
+        frames = decode_latents(vae, latents, tile_size=args.tile_size)
     write_mp4(args.output, frames, fps=args.fps)
     png = write_png(args.output.with_suffix(".png"), frames[0])
     print(f"{request.mode}: {frames.shape[0]} frames {request.width}x{request.height} in "

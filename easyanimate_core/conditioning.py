@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TransformerConfig
+from .memory import execution_device
 from .sampling import Conditioning
 from .vae import MagvitVAE
 from .video import frames_to_model, latent_frames
@@ -47,8 +48,7 @@ def require_variant(config: TransformerConfig, mode: str) -> None:
 
 def _encode(vae: MagvitVAE, video: torch.Tensor) -> torch.Tensor:
     """[1, 3, F, H, W] in [-1, 1] -> scaled latent means [1, 16, T, h, w] in the VAE's dtype."""
-    param = next(vae.parameters())
-    return vae.encode(video.to(device=param.device, dtype=param.dtype)).mode() * vae.scaling_factor
+    return vae.encode(video.to(device=execution_device(vae), dtype=vae.dtype)).mode() * vae.scaling_factor
 
 
 def resize_mask_to_latents(mask: torch.Tensor, latent_t: int, height: int, width: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .conditioning import (
     require_variant,
     video_latents,
 )
+from .memory import execution_device
 from .sampling import Conditioning, StepCallback, denoise, initial_noise
 from .scheduler import FlowMatchEulerScheduler
 from .text_encoder import PromptEmbeddings
@@ -135,8 +136,7 @@ def sample_latents(
 def decode_latents(vae: MagvitVAE, latents: torch.Tensor, *, tile_size: int | None = None,
                    callback=None) -> torch.Tensor:
     """Scaled latents [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] in 0..1."""
-    param = next(vae.parameters())
     with torch.inference_mode():
-        video = vae.decode(latents.to(device=param.device, dtype=param.dtype) / vae.scaling_factor,
+        video = vae.decode(latents.to(device=execution_device(vae), dtype=vae.dtype) / vae.scaling_factor,
                            tile_size=tile_size, callback=callback)
     return model_to_frames(video)

@@ -1,24 +1,83 @@
-"""Where models live between uses, as context managers that always put a model back.
+"""Where models live between uses, and how their weights are stored, as context managers that leave nothing behind.
 
-``full``: every model stays on the compute device. ``model_cpu_offload``: each model (text encoder, transformer,
-VAE) waits on the offload device and moves to the compute device only while it is used. Moving back happens in a
-``finally``, so an interrupt or an error never leaves a model on the wrong device.
+Modes (the names the command line and the loader node offer):
+
+* ``full``: every model stays on the compute device.
+* ``model_cpu_offload``: each model (text encoder, transformer, VAE) waits on the offload device and moves to the
+  compute device only while it is used.
+* ``model_cpu_offload_and_qfloat8``: the same, with the transformer's and the text encoder's linear weights stored
+  as optimum-quanto qfloat8 (scaled fp8); norms, biases, embeddings, the patch embedding, the timestep and text
+  projections, the modulation layers and the output projection stay in the model dtype.
+* ``model_cpu_offload_and_fp8_cast``: the plain float8_e4m3fn cast of the official code (no scaling, same kept
+  layers), computed layer by layer in the model dtype: for parity with the official fp8 results.
+* ``sequential_cpu_offload``: weights stay on the offload device and each layer visits the compute device only for
+  its own forward (accelerate's hooks); the slowest mode and the one with the least VRAM.
+* ``block_swap``: the first ``blocks_on_gpu`` transformer blocks and every small layer stay on the compute device;
+  the other blocks stream in one at a time (the next one prefetched on a side CUDA stream) and leave after use.
+
+Every context manager puts modules back and removes its hooks in a ``finally``: an interrupt or an error never
+leaves a model on the wrong device or hooked.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-MEMORY_MODES: tuple[str, ...] = ("full", "model_cpu_offload")
+MEMORY_MODES: tuple[str, ...] = ("full", "model_cpu_offload", "model_cpu_offload_and_qfloat8",
+                                 "model_cpu_offload_and_fp8_cast", "sequential_cpu_offload", "block_swap")
+FP8_MODES = {"model_cpu_offload_and_qfloat8": "qfloat8", "model_cpu_offload_and_fp8_cast": "fp8_cast"}
+# Layers that stay in the model dtype under fp8 (DESIGN.md house style 4): modulation, projections in and out.
+TRANSFORMER_KEEP = ("proj", "proj_out", "time_embedding.*", "text_proj*", "*norm*", "norm_out.*")
+TEXT_ENCODER_KEEP = ("embed_tokens", "*norm*", "rotary_emb")
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device while offload hooks hold it, else its weights'."""
+    for child in module.modules():
+        device = getattr(getattr(child, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next(module.parameters()).device
 
 
 def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+class Fp8CastLinear(nn.Linear):
+    """A Linear whose weight is stored as float8_e4m3fn and cast to the input dtype for each call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def _kept(name: str, keep: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in keep)
+
+
+def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...]) -> nn.Module:
+    """Store ``module``'s linear weights in fp8 in place (``kind`` = "qfloat8" or "fp8_cast"), except ``keep``."""
+    if kind == "qfloat8":
+        from optimum.quanto import freeze, qfloat8, quantize
+
+        quantize(module, weights=qfloat8, exclude=list(keep))
+        freeze(module)
+        return module
+    if kind != "fp8_cast":
+        raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast'.")
+    for name, layer in module.named_modules():
+        if type(layer) is nn.Linear and not _kept(name, keep):
+            layer.__class__ = Fp8CastLinear
+            layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+    return module
 
 
 @dataclass(frozen=True)
@@ -26,29 +85,152 @@ class Placement:
     mode: str
     compute: torch.device
     offload: torch.device
+    blocks_on_gpu: int = 0
     # Called with the bytes a model needs before it moves to the compute device (ComfyUI frees other models).
     make_room: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MEMORY_MODES:
             raise ValueError(f"memory mode {self.mode!r}: expected one of {MEMORY_MODES}.")
+        if self.blocks_on_gpu < 0:
+            raise ValueError(f"blocks_on_gpu = {self.blocks_on_gpu}: expected 0 or more.")
 
     @property
     def resting_device(self) -> torch.device:
         return self.compute if self.mode == "full" else self.offload
 
+    @property
+    def fp8(self) -> str | None:
+        return FP8_MODES.get(self.mode)
+
     @contextmanager
     def active(self, module: nn.Module) -> Iterator[nn.Module]:
-        """``module`` on the compute device for the block, back where it rests afterwards."""
-        if self.mode == "full" or self.compute == self.offload:
+        """``module`` ready to run on the compute device for the block; afterwards exactly as before."""
+        if self.mode == "full":
             yield module
+        elif self.mode == "sequential_cpu_offload":
+            with _sequential(module, self.compute, self.offload):
+                yield module
+        elif self.mode == "block_swap" and hasattr(module, "transformer_blocks"):
+            with _block_swap(module, self.compute, self.offload, self.blocks_on_gpu, self.make_room):
+                yield module
+        else:
+            with _whole(module, self.compute, self.offload, self.make_room):
+                yield module
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _whole(module: nn.Module, compute, offload, make_room) -> Iterator[None]:
+    if make_room is not None and compute != offload:
+        make_room(module_bytes(module))
+    try:
+        module.to(compute)
+        yield
+    finally:
+        module.to(offload)
+        _empty_cache(compute)
+
+
+@contextmanager
+def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
+    """accelerate's per-layer offload hooks; they park the weights on the meta device, so the original tensors are
+    put back when the hooks go."""
+    from accelerate import cpu_offload
+    from accelerate.hooks import remove_hook_from_submodules
+
+    module.to(offload)
+    owners = dict(module.named_modules())
+    saved = [(owners[name.rpartition(".")[0]], name.rpartition(".")[2], kind, tensor)
+             for kind, named in (("_parameters", module.named_parameters()), ("_buffers", module.named_buffers()))
+             for name, tensor in named]
+    try:
+        cpu_offload(module, execution_device=compute)
+        yield
+    finally:
+        remove_hook_from_submodules(module)
+        for owner, attr, kind, tensor in saved:
+            getattr(owner, kind)[attr] = tensor
+        _empty_cache(compute)
+
+
+@contextmanager
+def _block_swap(transformer: nn.Module, compute, offload, blocks_on_gpu: int, make_room) -> Iterator[None]:
+    """Resident: every non-block layer and the first ``blocks_on_gpu`` blocks. Streamed: the rest, one at a time.
+
+    A streamed block's host weights never move: its parameters point at a device copy while it runs (fetched on a
+    side stream while the previous block computes) and back at the host tensors afterwards, so nothing is copied
+    back to the host.
+    """
+    blocks = list(transformer.transformer_blocks)
+    streamed = blocks[blocks_on_gpu:]
+    side = torch.cuda.Stream(compute) if compute.type == "cuda" else None
+    host = {p: p.data for block in streamed for p in block.parameters()}
+    staged = {p: (t.pin_memory() if side is not None else t) for p, t in host.items()}
+    handles = []
+
+    def fetch(block: nn.Module) -> None:
+        if side is None:
+            for p in block.parameters():
+                p.data = staged[p].to(compute)
             return
-        if self.make_room is not None:
-            self.make_room(module_bytes(module))
-        try:
-            module.to(self.compute)
-            yield module
-        finally:
-            module.to(self.offload)
-            if self.compute.type == "cuda":
-                torch.cuda.empty_cache()
+        side.wait_stream(torch.cuda.current_stream(compute))
+        with torch.cuda.stream(side):
+            for p in block.parameters():
+                p.data = staged[p].to(compute, non_blocking=True)
+
+    def before(index: int):
+        def hook(block, args):
+            if side is not None:
+                torch.cuda.current_stream(compute).wait_stream(side)
+            if next(block.parameters()).device != compute:
+                fetch(block)
+            if index + 1 < len(streamed):
+                fetch(streamed[index + 1])
+
+        return hook
+
+    def after(block, args, output):
+        for p in block.parameters():
+            p.data = host[p]
+        return output
+
+    if make_room is not None:
+        resident = module_bytes(transformer) - sum(module_bytes(b) for b in streamed)
+        make_room(resident + (2 * max(map(module_bytes, streamed)) if streamed else 0))
+    try:
+        for name, child in transformer.named_children():
+            if name != "transformer_blocks":
+                child.to(compute)
+        for block in blocks[:blocks_on_gpu]:
+            block.to(compute)
+        for index, block in enumerate(streamed):
+            handles.append(block.register_forward_pre_hook(before(index)))
+            handles.append(block.register_forward_hook(after))
+        if streamed:
+            fetch(streamed[0])
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        if side is not None:
+            torch.cuda.current_stream(compute).wait_stream(side)
+        for p, t in host.items():
+            p.data = t
+        transformer.to(offload)
+        _empty_cache(compute)
+
+
+def store_for_mode(placement: Placement, *, transformer: nn.Module | None = None,
+                   language_model: nn.Module | None = None) -> None:
+    """Apply the fp8 storage of ``placement``'s mode to freshly loaded models (nothing for other modes)."""
+    if placement.fp8 is None:
+        return
+    if transformer is not None:
+        store_in_fp8(transformer, placement.fp8, TRANSFORMER_KEEP)
+    if language_model is not None:
+        store_in_fp8(language_model, placement.fp8, TEXT_ENCODER_KEEP)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .loading import ModelFormatError, resolve_component
+from .memory import execution_device
 from .safetensors_io import read_header, read_tensors
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class QwenTextEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.language_model.embed_tokens.weight.device
+        return execution_device(self.language_model)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each prompt on its own (never one multi-turn conversation): ids and mask [B, max_tokens]."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, joint_attention, rotary_embedding_3d
 from .config import TransformerConfig
+from .memory import execution_device
 from .ops import DEFAULT_OPS, LayerOps
 
 
@@ -30,10 +31,13 @@ def timestep_sinusoid(timestep: torch.Tensor, dim: int, flip_sin_to_cos: bool, f
     return torch.cat(parts, dim=-1)
 
 
-def _fp32_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    weight = norm.weight.float() if norm.weight is not None else None
-    bias = norm.bias.float() if norm.bias is not None else None
-    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the weight and input dtypes, returned in the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class TimestepEmbedding(nn.Module):
@@ -66,12 +70,12 @@ class ModulatedNorm(nn.Module):
     def __init__(self, cond_dim: int, dim: int, eps: float, affine: bool, *, dtype, device, ops: LayerOps):
         super().__init__()
         self.linear = ops.Linear(cond_dim, 6 * dim, dtype=dtype, device=device)
-        self.norm = ops.LayerNorm(dim, eps=eps, elementwise_affine=affine, dtype=dtype, device=device)
+        self.norm = FP32LayerNorm(dim, eps=eps, elementwise_affine=affine, dtype=dtype, device=device)
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
         shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
-        video = _fp32_layer_norm(self.norm, video) * (1 + scale) + shift
-        text = _fp32_layer_norm(self.norm, text) * (1 + t_scale) + t_shift
+        video = self.norm(video) * (1 + scale) + shift
+        text = self.norm(text) * (1 + t_scale) + t_shift
         return video, text, gate, t_gate
 
 
@@ -197,7 +201,7 @@ class EasyAnimateTransformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.proj.weight.device
+        return execution_device(self)
 
     def _check_inputs(self, latents, timestep, text_states, extra: list[torch.Tensor]) -> None:
         cfg = self.config

@@ -318,6 +318,10 @@ class MagvitVAE(nn.Module):
         self.post_quant_conv = ops.Conv3d(latent, latent, 1, dtype=dtype, device=device)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.post_quant_conv.weight.dtype
+
+    @property
     def scaling_factor(self) -> float:
         return self.config.scaling_factor
 

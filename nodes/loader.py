@@ -36,15 +36,21 @@ class EasyAnimateModelLoader:
                                                                          "the models were trained in."}),
                 "memory_mode": (list(MEMORY_MODES), {"default": "model_cpu_offload", "tooltip": (
                     "full: every model stays on the GPU (fastest, most VRAM). model_cpu_offload: each model "
-                    "moves to the GPU only while it is used.")}),
+                    "moves to the GPU only while it is used. ..._qfloat8 / ..._fp8_cast: the same with fp8 "
+                    "weights (half the memory; qfloat8 is scaled and more accurate, fp8_cast matches the official "
+                    "fp8 mode). sequential_cpu_offload: layer by layer (least VRAM, slowest). block_swap: the "
+                    "first blocks_on_gpu transformer blocks stay, the others stream in.")}),
+                "blocks_on_gpu": ("INT", {"default": 24, "min": 0, "max": 48, "tooltip": (
+                    "block_swap only: transformer blocks kept on the GPU (12B: 48 blocks of ~0.45 GB in bf16; "
+                    "7B: 36). Fewer = less VRAM, slower.")}),
             }
         }
 
-    def load(self, model, precision, memory_mode):
+    def load(self, model, precision, memory_mode, blocks_on_gpu):
         import torch
 
         from ..easyanimate_core.loading import load_scheduler, load_transformer, load_vae
-        from ..easyanimate_core.memory import Placement
+        from ..easyanimate_core.memory import Placement, store_for_mode
         from ..easyanimate_core.text_encoder import load_text_encoder
 
         folders = _comfy.model_folders()
@@ -54,15 +60,18 @@ class EasyAnimateModelLoader:
                                     f"transformer/, vae/, text_encoder/, tokenizer/) there and refresh the page.")
         folder = folders[model]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-        placement = Placement(memory_mode, _comfy.torch_device(), _comfy.offload_device(), _comfy.make_room)
+        placement = Placement(memory_mode, _comfy.torch_device(), _comfy.offload_device(),
+                              blocks_on_gpu=blocks_on_gpu, make_room=_comfy.make_room)
         device = placement.resting_device
         if device == placement.compute and device.type != "cpu":
             weights = sum(f.stat().st_size for part in ("transformer", "vae", "text_encoder")
                           for f in (folder / part).glob("*.safetensors"))
             _comfy.make_room(weights)
         transformer = load_transformer(folder, dtype=dtype, device=device)
+        text_encoder = load_text_encoder(folder, dtype=dtype, device=device)
+        store_for_mode(placement, transformer=transformer, language_model=text_encoder.language_model)
         bundle = ModelBundle(transformer, load_scheduler(folder), placement, str(folder))
-        encoder = TextEncoderBundle(load_text_encoder(folder, dtype=dtype, device=device), placement)
+        encoder = TextEncoderBundle(text_encoder, placement)
         vae = VAEBundle(load_vae(folder, dtype=dtype, device=device), placement)
         info = f"{transformer.config.variant_description} ({folder.name}, {precision}, {memory_mode})"
         return bundle, encoder, vae, info

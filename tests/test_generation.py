@@ -117,3 +117,11 @@ def test_make_demo_model_writes_a_complete_folder(tmp_path):
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert names == ["model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae"]
     assert load_transformer(tmp_path / "m").config.variant == "control_camera"
+
+
+@pytest.mark.parametrize("mode", ["sequential_cpu_offload", "block_swap", "model_cpu_offload_and_qfloat8"])
+def test_memory_modes_from_the_command_line(tmp_path, models, mode, capsys):
+    output = tmp_path / "m.mp4"
+    assert main(["generate", *SMALL, "--model", str(models["t2v"]), "--memory-mode", mode, "--blocks-on-gpu", "1",
+                 "--output", str(output)]) == 0
+    assert read_video(output).shape == (5, 32, 48, 3)

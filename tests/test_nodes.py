@@ -67,7 +67,7 @@ def _run(node_id, **inputs):
 
 def _graph(model_name, mode_inputs=None, steps=2, frames=5, seed=1):
     model, text_encoder, vae, info = _run("EasyAnimateModelLoader", model=model_name, precision="fp32",
-                                          memory_mode="model_cpu_offload")
+                                          memory_mode="model_cpu_offload", blocks_on_gpu=0)
     (conditioning,) = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
     (latent,) = _run("EasyAnimateSampler", model=model, vae=vae, conditioning=conditioning, width=48, height=32,
                      frames=frames, steps=steps, guidance=6.0, seed=seed, denoise_strength=1.0, **(mode_inputs or {}))
@@ -79,7 +79,7 @@ def test_loader_lists_folders_and_reports_the_variant(no_comfy):
     combo = NODES["EasyAnimateModelLoader"].INPUT_TYPES()["required"]["model"][0]
     assert combo == ["demo-camera", "demo-control", "demo-inp"]
     with pytest.raises(FileNotFoundError, match="Model folder 'nope' not found in .*Put the model folder"):
-        _run("EasyAnimateModelLoader", model="nope", precision="fp32", memory_mode="full")
+        _run("EasyAnimateModelLoader", model="nope", precision="fp32", memory_mode="full", blocks_on_gpu=0)
 
 
 def test_text_to_video_and_image_to_video_graphs_run_without_comfyui(no_comfy):
@@ -171,7 +171,7 @@ def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(fa
     from easyanimate_core.lora import LoraLayer, save_lora
 
     model, text_encoder, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32",
-                                       memory_mode="model_cpu_offload")
+                                       memory_mode="model_cpu_offload", blocks_on_gpu=0)
     layers = {"proj_out": LoraLayer(torch.randn(2, model.transformer.config.inner_dim), torch.randn(64, 2), 2.0)}
     save_lora(tmp_path / "loras" / "style.safetensors", layers)
     assert NODES["EasyAnimateLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == ["style.safetensors"]
@@ -197,6 +197,7 @@ def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(fa
 
 
 def test_decode_refuses_an_image_model_latent(no_comfy):
-    _, _, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32", memory_mode="full")
+    _, _, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32", memory_mode="full",
+                        blocks_on_gpu=0)
     with pytest.raises(ValueError, match=r"\(1, 4, 64, 64\).*EasyAnimate video latents"):
         _run("EasyAnimateDecode", vae=vae, samples={"samples": torch.zeros(1, 4, 64, 64)}, tile_size=0)

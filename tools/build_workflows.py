@@ -27,9 +27,9 @@ class Node:
 
 
 def loader(model: str) -> Node:
-    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY],
+    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY, 24],
                 outputs=[("model", "EASYANIMATE_MODEL"), ("text_encoder", "EASYANIMATE_TEXT_ENCODER"),
-                         ("vae", "EASYANIMATE_VAE"), ("info", "STRING")], size=(360, 150))
+                         ("vae", "EASYANIMATE_VAE"), ("info", "STRING")], size=(360, 175))
 
 
 def text_encode(prompt: str) -> Node:
