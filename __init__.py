@@ -5,7 +5,12 @@ so everything inside the pack is imported relatively. Importing the pack stays c
 or transformers here; the nodes import ``easyanimate_core`` when they run.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported as a plain module, outside any package: pytest does this with the repository root when the folder
+    # name is not a Python identifier (a clone named ComfyUI-EasyAnimate). There is nothing to register then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./web"
 

@@ -43,6 +43,7 @@ print(json.dumps({
     "new_modules": sorted(set(sys.modules) - before),
     "exports": {k: type(getattr(pack, k, None)).__name__
                 for k in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY")},
+    "node_count": len(getattr(pack, "NODE_CLASS_MAPPINGS", {})),
 }))
 """
 
@@ -93,6 +94,7 @@ def test_importing_the_pack_is_cheap_and_exports_the_contract(code):
         "NODE_DISPLAY_NAME_MAPPINGS": "dict",
         "WEB_DIRECTORY": "str",
     }
+    assert report["node_count"] >= 10, "the pack registered no nodes"
 
 
 def test_exports_under_the_alias():
@@ -159,3 +161,19 @@ def test_registry_metadata():
     icon = REPO_ROOT / comfy["Icon"].removeprefix(icon_prefix)
     assert icon.is_file(), f"the Icon URL points at {icon}, which is not in the repository"
     assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plain_import_of_the_root_file_registers_nothing_and_does_not_fail():
+    # pytest imports the repository root's __init__.py as a plain module when the clone's folder name is not an
+    # identifier (ComfyUI-EasyAnimate); that must not break collection.
+    report = _import_in_clean_interpreter(f"""
+        import importlib.util
+        name = "__init__"
+        spec = importlib.util.spec_from_file_location(name, {str(REPO_ROOT / "__init__.py")!r},
+                                                      submodule_search_locations=None)
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = ""
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        """)
+    assert report["node_count"] == 0
