@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,41 @@ def lora_path(name: str) -> Path:
     except ImportError:
         pass
     return Path(name)
+
+
+def save_ui_image(image, prefix: str) -> list[dict]:
+    """Save one IMAGE frame ``[H, W, C]`` (0..1) as a PNG in ComfyUI's temp folder for the front end.
+
+    Returns ComfyUI's UI image references ``[{"filename", "subfolder", "type": "temp"}]``; ``[]`` outside ComfyUI,
+    where there is no front end to show it.
+    """
+    try:
+        import folder_paths
+        from PIL import Image
+    except ImportError:
+        return []
+    folder = Path(folder_paths.get_temp_directory())
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
+    pixels = (image[..., :3].detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()  # [H, W, 3 or 1]
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    Image.fromarray(pixels).save(folder / name, compress_level=1)
+    return [{"filename": name, "subfolder": "", "type": "temp"}]
+
+
+def show_ui(node_id: str | None, ui: dict) -> None:
+    """Send a node's UI output to the front end now, as ComfyUI does when a node returns one; for a node that is
+    about to raise. Nothing outside ComfyUI or without the node's ``UNIQUE_ID``."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = PromptServer.instance
+    server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": None},
+                     server.client_id)
 
 
 def torch_device():

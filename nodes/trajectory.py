@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from . import _comfy
 from ._types import CATEGORY, TRAJECTORY
 
 EMPTY_DRAWING = '{"version": 1, "tracks": []}'
@@ -42,17 +43,25 @@ class EasyAnimateTrajectory:
                 "canvas_mask": ("MASK", {"tooltip": "KJNodes SplineEditor mask: its size is the canvas the "
                                                     "coordinates were drawn on (default: width x height)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def build(self, trajectory, width, height, frames, image=None, coordinates=None, canvas_mask=None):
+    def build(self, trajectory, width, height, frames, image=None, coordinates=None, canvas_mask=None,
+              unique_id=None):
         from ..easyanimate_core.trajectory import parse_trajectory, render_trajectory_video
 
+        # The canvas widget (web/js/trajectory_widget.js) shows the image input after a run. It reads this key
+        # rather than "images" so that ComfyUI does not also draw the image under the node.
+        shown = _comfy.save_ui_image(image[0], "easyanimate_trajectory") if image is not None else []
         if coordinates is None and _is_empty_drawing(trajectory):
+            if shown:  # the first run of a new workflow: show the image to draw on, then stop here
+                _comfy.show_ui(unique_id, {"trajectory_image": shown})
             raise ValueError("The trajectory has no track: draw at least one track in the canvas (click to add "
                              "points), or connect coordinates.")
         canvas = (width, height) if canvas_mask is None else (canvas_mask.shape[-1], canvas_mask.shape[-2])
         parsed = parse_trajectory(coordinates if coordinates is not None else trajectory, canvas_size=canvas)
-        return parsed, render_trajectory_video(parsed, frames, width, height)
+        result = (parsed, render_trajectory_video(parsed, frames, width, height))
+        return {"ui": {"trajectory_image": shown}, "result": result} if shown else result
 
 
 def _is_empty_drawing(text: str) -> bool:
