@@ -1,4 +1,4 @@
-"""Command line of the core: ``python -m easyanimate_core generate|make-demo-model``.
+"""Command line of the core: ``python -m easyanimate_core generate|make-demo-model|train-lora``.
 
 ``generate`` runs every mode from flags and writes an mp4 plus a PNG of the first frame. Without ``--model`` (and
 without ``EASYANIMATE_MODELS_DIR``), or with ``--model demo``, it builds the tiny demo model with random weights on
@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("make-demo-model", help="write the tiny random demo model as a complete model folder")
     demo.add_argument("folder", type=Path)
     demo.add_argument("--variant", choices=sorted(DEMO_VARIANT_CHANNELS), default="t2v")
+
+    from .training.cli import add_parser as add_train_lora_parser
+
+    add_train_lora_parser(sub)
     return parser
 
 
@@ -197,11 +201,17 @@ def make_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_lora(args: argparse.Namespace) -> int:
+    from .training.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return {"generate": generate, "make-demo-model": make_demo_model}[args.command](args)
+        return {"generate": generate, "make-demo-model": make_demo_model, "train-lora": train_lora}[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2

@@ -49,6 +49,16 @@ def model_folders() -> dict[str, Path]:
     return found
 
 
+def output_directory() -> Path:
+    """ComfyUI's output folder (``--output-directory`` honoured), or the working directory outside ComfyUI."""
+    try:
+        import folder_paths
+
+        return Path(folder_paths.get_output_directory())
+    except ImportError:
+        return Path.cwd()
+
+
 def lora_names() -> list[str]:
     try:
         import folder_paths

@@ -10,14 +10,14 @@ import pytest
 from conftest import REPO_ROOT, load_pack
 
 pack = load_pack()
-MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora")
+MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora", "lora_training")
 WORKFLOWS = {mode: REPO_ROOT / "workflows" / f"easyanimate_{mode}.json" for mode in MODES}
 # Input specs of the ComfyUI core nodes the workflows use, as ComfyUI's /object_info reports them.
 CORE = json.loads((Path(__file__).parent / "data" / "comfyui_core_nodes.json").read_text(encoding="utf-8"))
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Combos whose options come from the user's disk: any name is valid in a shipped workflow.
 DYNAMIC_COMBOS = {("EasyAnimateModelLoader", "model"), ("EasyAnimateLoraLoader", "lora_name"),
-                  ("LoadImage", "image"), ("LoadVideo", "file")}
+                  ("EasyAnimateTrainLoRA", "model"), ("LoadImage", "image"), ("LoadVideo", "file")}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -129,6 +129,11 @@ def test_each_mode_uses_the_inputs_of_its_mode():
             {"reference_image"} if mode in ("control", "trajectory", "camera") else set())
     lora = json.loads(WORKFLOWS["lora"].read_text(encoding="utf-8"))
     assert any(n["type"] == "EasyAnimateLoraLoader" for n in lora["nodes"])
+    training = json.loads(WORKFLOWS["lora_training"].read_text(encoding="utf-8"))
+    types = {n["id"]: n["type"] for n in training["nodes"]}
+    flows = {(types[src], types[dst]) for _, src, _, dst, _, _ in training["links"]}
+    assert {("EasyAnimateTrainingDataset", "EasyAnimateTrainLoRA"), ("EasyAnimateTrainLoRA",
+            "EasyAnimateLoraLoaderFromPath"), ("EasyAnimateLoraLoaderFromPath", "EasyAnimateSampler")} <= flows
 
 
 def test_files_are_what_the_builder_writes():

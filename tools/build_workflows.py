@@ -219,7 +219,36 @@ def workflows() -> dict[str, dict]:
     links += [("loader", "model", "lora", "model"), ("lora", "model", "sampler", "model")]
     _layout(nodes, [["note", "loader", "lora"], ["text"], ["sampler"], ["decode", "video"], ["save"]])
     out["lora"] = _build(nodes, links)
+    out["lora_training"] = lora_training(prompt)
     return out
+
+
+def lora_training(prompt: str) -> dict:
+    """Train a LoRA on a dataset, then sample with it: the LoRA path flows from the trainer to the loader."""
+    model = "EasyAnimateV5.1-7b-zh"
+    nodes, links = _base(model, prompt, (
+        "LoRA training, then sampling with the result. Point EasyAnimate Training Dataset at a metadata .json "
+        "(a list of {\"file_path\", \"text\", \"type\": \"image\" or \"video\"}) or at a folder of images and "
+        "videos with same-named .txt captions. Training runs in its own process (watch the loss in the console); "
+        "Cancel stops it after the current step and queueing again resumes from the last checkpoint. Settings "
+        "here (fp8 base weights, gradient checkpointing, 256 px, 25 frames, rank 64) are meant for a 24 GB GPU "
+        "(an estimate); the reference trains rank 128 at 512 px and 49 frames on 80 GB."))
+    nodes["save"].widgets[0] = "EasyAnimate/lora_training"
+    nodes["dataset"] = Node("EasyAnimateTrainingDataset", ["/path/to/dataset/metadata.json", "", ""],
+                            outputs=[("dataset", "EASYANIMATE_DATASET"), ("info", "STRING")], size=(380, 150))
+    nodes["train"] = Node("EasyAnimateTrainLoRA", [
+        model, "EasyAnimate/lora_training", "my_lora", 1000, 64, 32.0, 1e-4, 1, 1, 256, 512, 25, "bf16",
+        True, True, 100, 42, True, prompt], inputs=[("dataset", "EASYANIMATE_DATASET")],
+        outputs=[("lora_path", "STRING"), ("log", "STRING")], size=(380, 620))
+    nodes["lora"] = Node("EasyAnimateLoraLoaderFromPath", [1.0],
+                         inputs=[("model", "EASYANIMATE_MODEL"), ("lora_path", "STRING")],
+                         outputs=[("model", "EASYANIMATE_MODEL")], size=(340, 110))
+    links = [link for link in links if link[2:] != ("sampler", "model")]
+    links += [("dataset", "dataset", "train", "dataset"), ("train", "lora_path", "lora", "lora_path"),
+              ("loader", "model", "lora", "model"), ("lora", "model", "sampler", "model")]
+    _layout(nodes, [["note", "dataset"], ["train"], ["loader", "lora"], ["text"], ["sampler"], ["decode", "video"],
+                    ["save"]])
+    return _build(nodes, links)
 
 
 def main() -> None:

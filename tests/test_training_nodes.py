@@ -1,0 +1,144 @@
+"""The training nodes with ComfyUI's hooks faked: the dataset node, the trainer subprocess streamed into the
+progress bar, Cancel stopping it, and the trained LoRA loaded by path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from conftest import load_pack
+from test_training import BAD_ENTRIES, write_dataset
+
+from easyanimate_core.demo import write_demo_model
+
+pack = load_pack()
+NODES = pack.NODE_CLASS_MAPPINGS
+TRAIN_INPUTS = dict(output_dir="", name="stripes", steps=3, rank=4, alpha=4.0, learning_rate=1e-3, batch_size=1,
+                    gradient_accumulation=1, video_size=40, image_size=40, frames=5, mixed_precision="no",
+                    gradient_checkpointing=False, fp8_base=False, checkpoint_every=2, seed=3, resume=False,
+                    validation_prompts="")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_demo_model(root / "demo-t2v", variant="t2v", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def metadata(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One output folder for every run here, so they share its cache of encoded captions and clips."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture()
+def comfy(monkeypatch, models_dir):
+    """Stand-ins for the ComfyUI modules nodes/_comfy.py uses; records progress, freed memory and interrupt checks."""
+    record = {"progress": [], "freed": [], "interrupt_after_step": None}
+    comfy_module, utils, mm = (types.ModuleType(n) for n in ("comfy", "comfy.utils", "comfy.model_management"))
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            record["progress"].append((value, total))
+
+    def check():
+        limit = record["interrupt_after_step"]
+        if limit is not None and record["progress"] and record["progress"][-1][0] >= limit:
+            raise _Interrupted("Processing interrupted")
+
+    utils.ProgressBar = ProgressBar
+    mm.throw_exception_if_processing_interrupted = check
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.free_memory = lambda size, device, keep_loaded=(): record["freed"].append(size)
+    comfy_module.utils, comfy_module.model_management = utils, mm
+    folder_paths = types.ModuleType("folder_paths")
+    folder_paths.get_folder_paths = lambda name: [str(models_dir)]
+    folder_paths.get_output_directory = lambda: str(models_dir.parent / "comfy_output")
+    for name, module in (("comfy", comfy_module), ("comfy.utils", utils), ("comfy.model_management", mm),
+                         ("folder_paths", folder_paths)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("EASYANIMATE_MODELS_DIR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: one thread is fastest (see test_training.py)
+    return record
+
+
+def _run(node_id, **inputs):
+    node = NODES[node_id]()
+    return getattr(node, node.FUNCTION)(**inputs)
+
+
+def test_the_dataset_node_reads_a_metadata_file_or_a_captioned_folder(metadata, tmp_path, monkeypatch):
+    dataset, info = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
+    assert dataset.data == str(metadata) and dataset.data_root == ""
+    assert f"4 of 9 entries usable (3 images, 1 videos), {len(BAD_ENTRIES)} skipped" in info
+    assert "missing.mp4: file not found" in info
+    monkeypatch.chdir(metadata.parent)  # relative paths are made absolute: the trainer runs elsewhere
+    (folder_set, info) = _run("EasyAnimateTrainingDataset", path=".", default_caption="stripes", data_root="")
+    assert folder_set.data == str(metadata.parent) and "4 of 5 entries usable" in info and "broken.png" in info
+    with pytest.raises(ValueError, match="Give the path"):
+        _run("EasyAnimateTrainingDataset", path=" ", default_caption="", data_root="")
+
+
+def test_the_training_node_streams_progress_and_returns_a_loadable_lora(comfy, metadata, models_dir, runs):
+    from easyanimate_core.loading import load_scheduler, load_transformer
+
+    (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
+    assert NODES["EasyAnimateTrainLoRA"].INPUT_TYPES()["required"]["model"][0] == ["demo-t2v"]
+    path, log = _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
+                     **dict(TRAIN_INPUTS, output_dir=str(runs)))
+    assert path == str(runs / "stripes" / "stripes.safetensors")
+    assert len(list((runs / "cache" / "latents").iterdir())) == 4
+    assert comfy["progress"] == [(1, 3), (2, 3), (3, 3)]
+    assert comfy["freed"] and "step 3/3 loss=" in log and log.splitlines()[-1] == f"lora={path}"
+
+    from easyanimate_pack.nodes._types import ModelBundle
+
+    model = ModelBundle(load_transformer(models_dir / "demo-t2v", dtype=torch.float32),
+                        load_scheduler(models_dir / "demo-t2v"), None, str(models_dir / "demo-t2v"))
+    (with_lora,) = _run("EasyAnimateLoraLoaderFromPath", model=model, lora_path=path, strength=0.8)
+    assert model.loras == () and len(with_lora.loras) == 1 and with_lora.loras[0][1] == 0.8
+    assert len(with_lora.loras[0][0].layers) == 33
+
+
+def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monkeypatch):
+    started = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, command, *args, **kwargs):
+            super().__init__(command, *args, **kwargs)
+            if "train-lora" in command:
+                started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
+    comfy["interrupt_after_step"] = 2
+    with pytest.raises(_Interrupted):
+        _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
+             **dict(TRAIN_INPUTS, output_dir=str(runs), name="cancelled", steps=500))
+    (process,) = started
+    assert process.returncode == 130  # SIGTERM: the trainer ended at a step boundary by itself
+    run = runs / "cancelled"
+    assert not (run / "cancelled.safetensors").exists() and not list(run.rglob("*.partial"))
+    assert (run / "checkpoints" / "checkpoint-000002" / "lora.safetensors").is_file()
+    assert comfy["progress"][-1][0] < 500
+
+    comfy["interrupt_after_step"] = None
+    with pytest.raises(RuntimeError, match="(?s)LoRA training failed.*holds checkpoints of an earlier run"):
+        _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
+             **dict(TRAIN_INPUTS, output_dir=str(runs), name="cancelled", steps=500))
