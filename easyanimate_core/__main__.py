@@ -150,8 +150,8 @@ def generate(args: argparse.Namespace) -> int:
 
     from .generation import decode_latents, sample_latents
     from .loading import load_scheduler, load_transformer, load_vae
-    from .text_encoder import load_text_encoder
     from .memory import Placement, store_for_mode
+    from .text_encoder import load_text_encoder
     from .video import write_mp4, write_png
 
     request = _request(args)

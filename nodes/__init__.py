@@ -4,7 +4,7 @@ Node modules import ``easyanimate_core`` (and so torch) inside their functions, 
 imports cheaply; ``_comfy`` is the only module that touches ComfyUI.
 """
 
-from . import _comfy, camera, lora, loader, sampler, text, training, trajectory, vae
+from . import _comfy, camera, loader, lora, sampler, text, training, trajectory, vae
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
