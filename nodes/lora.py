@@ -1,6 +1,9 @@
-"""LoRA loader: adds a LoRA (with its strength) to the model; applied only while the sampler runs."""
+"""LoRA loaders (from models/loras, or from a path such as the trainer's output): add a LoRA with its strength to
+the model; it is applied only while the sampler runs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from . import _comfy
 from ._types import CATEGORY, MODEL
@@ -30,10 +33,40 @@ class EasyAnimateLoraLoader:
         }
 
     def load(self, model, lora_name, strength):
-        from ..easyanimate_core.lora import read_lora
-
-        return (model.with_lora(read_lora(_comfy.lora_path(lora_name), model.transformer), strength),)
+        return (_with_lora(model, _comfy.lora_path(lora_name), strength),)
 
 
-NODES = {"EasyAnimateLoraLoader": EasyAnimateLoraLoader}
-DISPLAY = {"EasyAnimateLoraLoader": "EasyAnimate LoRA Loader"}
+class EasyAnimateLoraLoaderFromPath:
+    DESCRIPTION = ("Adds a LoRA given by its file path, e.g. the output of EasyAnimate Train LoRA, to the model. "
+                   "Like EasyAnimate LoRA Loader, it runs beside the weights and is never merged.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same model with this LoRA added to its list.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader or another LoRA loader."}),
+                "lora_path": ("STRING", {"forceInput": True, "tooltip": "Path of a .safetensors LoRA, e.g. "
+                                                                        "lora_path of EasyAnimate Train LoRA."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "How strongly the LoRA applies; 0 turns it off."}),
+            }
+        }
+
+    def load(self, model, lora_path, strength):
+        return (_with_lora(model, Path(lora_path.strip()).expanduser(), strength),)
+
+
+def _with_lora(model, path: Path, strength: float):
+    from ..easyanimate_core.lora import read_lora
+
+    return model.with_lora(read_lora(path, model.transformer), strength)
+
+
+NODES = {"EasyAnimateLoraLoader": EasyAnimateLoraLoader, "EasyAnimateLoraLoaderFromPath": EasyAnimateLoraLoaderFromPath}
+DISPLAY = {"EasyAnimateLoraLoader": "EasyAnimate LoRA Loader",
+           "EasyAnimateLoraLoaderFromPath": "EasyAnimate LoRA Loader (from path)"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _comfy
-from ._types import CATEGORY, MODEL
+from ._types import CATEGORY
 
 logger = logging.getLogger(__name__)
 
@@ -256,40 +256,11 @@ def stop_trainer(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> 
         process.wait()
 
 
-class EasyAnimateLoraLoaderFromPath:
-    DESCRIPTION = ("Adds a LoRA given by its file path, e.g. the output of EasyAnimate Train LoRA, to the model. "
-                   "Like EasyAnimate LoRA Loader, it runs beside the weights and is never merged.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same model with this LoRA added to its list.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader or another LoRA loader."}),
-                "lora_path": ("STRING", {"forceInput": True, "tooltip": "Path of a .safetensors LoRA, e.g. "
-                                                                        "lora_path of EasyAnimate Train LoRA."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "How strongly the LoRA applies; 0 turns it off."}),
-            }
-        }
-
-    def load(self, model, lora_path, strength):
-        from ..easyanimate_core.lora import read_lora
-
-        return (model.with_lora(read_lora(Path(lora_path.strip()).expanduser(), model.transformer), strength),)
-
-
 NODES = {
     "EasyAnimateTrainingDataset": EasyAnimateTrainingDataset,
     "EasyAnimateTrainLoRA": EasyAnimateTrainLoRA,
-    "EasyAnimateLoraLoaderFromPath": EasyAnimateLoraLoaderFromPath,
 }
 DISPLAY = {
     "EasyAnimateTrainingDataset": "EasyAnimate Training Dataset",
     "EasyAnimateTrainLoRA": "EasyAnimate Train LoRA",
-    "EasyAnimateLoraLoaderFromPath": "EasyAnimate LoRA Loader (Path)",
 }
