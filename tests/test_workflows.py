@@ -48,7 +48,8 @@ def _expected_widgets(node_type: str) -> list[tuple[str, object, dict]]:
         if not _is_widget(kind, options):
             continue
         widgets.append((name, kind, options))
-        if options.get("control_after_generate"):
+        # The front end gives every INT named seed/noise_seed a control widget unless told otherwise.
+        if options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed")):
             widgets.append((f"{name}:control", "CONTROL", {}))
         if options.get("image_upload") or options.get("video_upload"):
             widgets.append((f"{name}:upload", "UPLOAD", {}))
