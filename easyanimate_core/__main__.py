@@ -148,7 +148,7 @@ def _model_for(mode: str, model_arg: str | None) -> Path | None:
 def generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .generation import decode_latents, sample_latents
+    from .generation import decode_latents, prepare_inputs, run_denoise
     from .loading import load_scheduler, load_transformer, load_vae
     from .memory import Placement, store_for_mode
     from .text_encoder import load_text_encoder
@@ -182,10 +182,11 @@ def generate(args: argparse.Namespace) -> int:
                 transformer.config.variant_description, request.mode, request.width, request.height, request.frames,
                 request.steps, args.memory_mode, time.perf_counter() - started)
     started = time.perf_counter()
-    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(vae), \
-            placement.active(transformer):
-        latents = sample_latents(transformer, vae, scheduler, request, prompt, negative,
-                                 callback=lambda step, total, _: bar.update(1))
+    with placement.active(vae):
+        prepared = prepare_inputs(transformer.config, vae, request)
+    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer):
+        latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
+                              callback=lambda step, total, _: bar.update(1))
     with placement.active(vae):
         frames = decode_latents(vae, latents, tile_size=args.tile_size)
     write_mp4(args.output, frames, fps=args.fps)

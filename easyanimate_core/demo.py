@@ -101,8 +101,9 @@ def write_demo_text_encoder(folder: str | Path, hidden_size: int, vocab_size: in
         vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
                            in_chans=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(str(folder))
     return folder
@@ -120,11 +121,12 @@ def write_demo_model(folder: str | Path, variant: str = "t2v", seed: int = 0) ->
     """
     folder = Path(folder)
     config = demo_transformer_config(variant)
-    torch.manual_seed(seed)
-    transformer = EasyAnimateTransformer(config)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
+        torch.manual_seed(seed)
+        transformer, vae = EasyAnimateTransformer(config), MagvitVAE(DEMO_VAE)
     _write_component(folder / "transformer", "EasyAnimateTransformer3DModel", config, transformer,
                      {"enable_text_attention_mask": True, "resize_inpaint_mask_directly": True})
-    _write_component(folder / "vae", "AutoencoderKLMagvit", DEMO_VAE, MagvitVAE(DEMO_VAE),
+    _write_component(folder / "vae", "AutoencoderKLMagvit", DEMO_VAE, vae,
                      {"cache_mag_vae": True, "mid_block_use_attention": False})
     tokenizer_dir = write_demo_tokenizer(folder / "tokenizer")
     vocab_size = len(json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])

@@ -21,6 +21,7 @@ from .conditioning import (
     require_variant,
     video_latents,
 )
+from .config import TransformerConfig
 from .memory import execution_device
 from .sampling import Conditioning, StepCallback, denoise, initial_noise
 from .scheduler import FlowMatchEulerScheduler
@@ -84,9 +85,9 @@ class GenerationRequest:
         return replace(self, frames=frames, width=width, height=height)
 
 
-def _conditioning(request: GenerationRequest, transformer: EasyAnimateTransformer, vae: MagvitVAE,
+def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: MagvitVAE,
                   generator: torch.Generator) -> tuple[Conditioning, torch.Tensor | None]:
-    config, mode = transformer.config, request.mode
+    mode = request.mode
     size = dict(frames=request.frames, width=request.width, height=request.height)
     if mode in ("t2v", "v2v"):
         clean = video_latents(vae, request.input_video, **size) if mode == "v2v" else None
@@ -98,12 +99,57 @@ def _conditioning(request: GenerationRequest, transformer: EasyAnimateTransforme
         return inpaint_conditioning(vae, pixels, keep, add_noise=config.add_noise_in_inpaint_model,
                                     generator=generator, **size), None
     if mode == "camera":
-        plucker = plucker_embedding(request.camera, request.width, request.height)
+        plucker = plucker_embedding(request.camera[: request.frames], request.width, request.height)
         return camera_conditioning(vae, plucker, request.reference_image, **size), None
     control = request.control_video
     if mode == "trajectory":
         control = render_trajectory_video(request.trajectory, request.frames, request.width, request.height)
     return control_conditioning(vae, control, request.reference_image, **size), None
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """What the denoise loop needs besides the models: the checked request, the noise and the conditioning."""
+
+    request: GenerationRequest
+    noise: torch.Tensor
+    conditioning: Conditioning
+    clean_latents: torch.Tensor | None
+
+
+def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: GenerationRequest) -> PreparedInputs:
+    """Check ``request`` against the model variant (before any work), then draw the noise and encode the inputs
+    with the VAE. Only the VAE needs to be on the compute device for this."""
+    request = request.checked()
+    require_variant(config, request.mode)
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    noise = initial_noise(latent_shape(request.frames, request.width, request.height), generator=generator)
+    with torch.inference_mode():
+        conditioning, clean = _conditioning(request, config, vae, generator)
+    return PreparedInputs(request, noise, conditioning, clean)
+
+
+def run_denoise(
+    transformer: EasyAnimateTransformer,
+    scheduler: FlowMatchEulerScheduler,
+    prepared: PreparedInputs,
+    prompt: PromptEmbeddings | torch.Tensor,
+    negative: PromptEmbeddings | torch.Tensor | None = None,
+    *,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Scaled latents [1, 16, T, h, w]. Only the transformer needs to be on the compute device for this."""
+    request = prepared.request
+
+    def states(p):
+        return p.states if isinstance(p, PromptEmbeddings) else p
+
+    with torch.inference_mode():
+        return denoise(transformer, scheduler, noise=prepared.noise, text=states(prompt),
+                       negative_text=None if negative is None else states(negative), steps=request.steps,
+                       guidance=request.guidance, guidance_rescale=request.guidance_rescale,
+                       strength=request.strength, clean_latents=prepared.clean_latents,
+                       conditioning=prepared.conditioning, callback=callback)
 
 
 def sample_latents(
@@ -116,21 +162,9 @@ def sample_latents(
     *,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Scaled latents [1, 16, T, h, w] for ``request``. The variant is checked before any work."""
-    request = request.checked()
-    require_variant(transformer.config, request.mode)
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    noise = initial_noise(latent_shape(request.frames, request.width, request.height), generator=generator)
-
-    def states(p):
-        return p.states if isinstance(p, PromptEmbeddings) else p
-
-    with torch.inference_mode():
-        conditioning, clean = _conditioning(request, transformer, vae, generator)
-        return denoise(transformer, scheduler, noise=noise, text=states(prompt),
-                       negative_text=None if negative is None else states(negative), steps=request.steps,
-                       guidance=request.guidance, guidance_rescale=request.guidance_rescale,
-                       strength=request.strength, clean_latents=clean, conditioning=conditioning, callback=callback)
+    """:func:`prepare_inputs` then :func:`run_denoise`, for callers that keep both models in place."""
+    prepared = prepare_inputs(transformer.config, vae, request)
+    return run_denoise(transformer, scheduler, prepared, prompt, negative, callback=callback)
 
 
 def decode_latents(vae: MagvitVAE, latents: torch.Tensor, *, tile_size: int | None = None,

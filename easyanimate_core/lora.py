@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loading import ModelFormatError, convert_transformer_key
+from .memory import execution_device
 from .safetensors_io import read_header, read_tensors
 
 OFFICIAL_PREFIX = "lora_unet__"
@@ -84,7 +85,8 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
     """Read a LoRA file for ``transformer``; keys that fit no Linear of it raise an error listing a few."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LoRA file {path} does not exist.")
+        raise FileNotFoundError(f"LoRA file {path} does not exist: put LoRA files in ComfyUI/models/loras (or pass "
+                                f"the full path of a .safetensors file).")
     linears = {name for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
     official = {OFFICIAL_PREFIX + name.replace(".", "_"): name for name in linears}
     entries = read_header(path)
@@ -130,6 +132,8 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
 def applied(transformer: nn.Module, loras: Sequence[tuple[LoraFile, float]]) -> Iterator[nn.Module]:
     """Add the LoRAs' low-rank branches for the duration of the block; nothing of the model is changed."""
     modules = dict(transformer.named_modules())
+    # The device the layers compute on, not where their weights rest (meta or host under offload hooks).
+    device = execution_device(transformer)
     handles = []
     try:
         for lora, strength in loras:
@@ -140,8 +144,8 @@ def applied(transformer: nn.Module, loras: Sequence[tuple[LoraFile, float]]) -> 
                 param = linear.weight
                 # fp8-stored weights compute in bf16; every other dtype computes in its own.
                 compute_dtype = torch.bfloat16 if param.element_size() == 1 else param.dtype
-                down = layer.down.to(device=param.device, dtype=compute_dtype)
-                up = (layer.up * (strength * layer.scale)).to(device=param.device, dtype=compute_dtype)
+                down = layer.down.to(device=device, dtype=compute_dtype)
+                up = (layer.up * (strength * layer.scale)).to(device=device, dtype=compute_dtype)
                 handles.append(linear.register_forward_hook(_branch(down, up)))
         yield transformer
     finally:

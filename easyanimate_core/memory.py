@@ -111,8 +111,10 @@ class Placement:
         elif self.mode == "sequential_cpu_offload":
             with _sequential(module, self.compute, self.offload):
                 yield module
-        elif self.mode == "block_swap" and hasattr(module, "transformer_blocks"):
-            with _block_swap(module, self.compute, self.offload, self.blocks_on_gpu, self.make_room):
+        elif self.mode == "block_swap" and _stacked_blocks(module) is not None:
+            # The transformer keeps its first blocks_on_gpu blocks; the text encoder, used once, keeps none.
+            resident = self.blocks_on_gpu if hasattr(module, "transformer_blocks") else 0
+            with _block_swap(module, _stacked_blocks(module), self.compute, resident, self.make_room):
                 yield module
         else:
             with _whole(module, self.compute, self.offload, self.make_room):
@@ -158,39 +160,53 @@ def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
         _empty_cache(compute)
 
 
-@contextmanager
-def _block_swap(transformer: nn.Module, compute, offload, blocks_on_gpu: int, make_room) -> Iterator[None]:
-    """Resident: every non-block layer and the first ``blocks_on_gpu`` blocks. Streamed: the rest, one at a time.
+def _stacked_blocks(module: nn.Module) -> list[nn.Module] | None:
+    """The repeated blocks a module runs in order: the MMDiT's blocks or the text encoder's decoder layers."""
+    if hasattr(module, "transformer_blocks"):
+        return list(module.transformer_blocks)
+    language_model = getattr(module, "language_model", None)
+    return list(language_model.layers) if language_model is not None and hasattr(language_model, "layers") else None
 
-    A streamed block's host weights never move: its parameters point at a device copy while it runs (fetched on a
-    side stream while the previous block computes) and back at the host tensors afterwards, so nothing is copied
-    back to the host.
+
+@contextmanager
+def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_gpu: int, make_room) -> Iterator[None]:
+    """Resident: every tensor outside ``blocks`` and the first ``blocks_on_gpu`` blocks. Streamed: the rest.
+
+    No weight is copied back: each parameter keeps its host tensor, pointing at a device copy only while needed. A
+    streamed block is fetched on a side CUDA stream while the block before it computes (the last one fetches the
+    first for the next call); the compute stream waits for that copy before the block runs, and the copies are
+    recorded on the compute stream so the allocator never reuses their memory under a running kernel. Host copies
+    of streamed weights are pinned once (the pinned tensor replaces the original) so the copies can overlap.
     """
-    blocks = list(transformer.transformer_blocks)
     streamed = blocks[blocks_on_gpu:]
+    streamed_params = {p for block in streamed for p in block.parameters()}
     side = torch.cuda.Stream(compute) if compute.type == "cuda" else None
-    host = {p: p.data for block in streamed for p in block.parameters()}
-    staged = {p: (t.pin_memory() if side is not None else t) for p, t in host.items()}
+    current = torch.cuda.current_stream(compute) if side is not None else None
+    tensors = [*module.parameters(), *module.buffers()]
+    host = {t: t.data for t in tensors}
     handles = []
 
     def fetch(block: nn.Module) -> None:
         if side is None:
             for p in block.parameters():
-                p.data = staged[p].to(compute)
+                p.data = host[p].to(compute)
             return
-        side.wait_stream(torch.cuda.current_stream(compute))
+        side.wait_stream(current)
         with torch.cuda.stream(side):
             for p in block.parameters():
-                p.data = staged[p].to(compute, non_blocking=True)
+                p.data = host[p].to(compute, non_blocking=True)
 
     def before(index: int):
         def hook(block, args):
-            if side is not None:
-                torch.cuda.current_stream(compute).wait_stream(side)
             if next(block.parameters()).device != compute:
                 fetch(block)
-            if index + 1 < len(streamed):
-                fetch(streamed[index + 1])
+            if side is not None:
+                current.wait_stream(side)
+                for p in block.parameters():
+                    p.data.record_stream(current)
+            following = streamed[(index + 1) % len(streamed)]
+            if following is not block:
+                fetch(following)
 
         return hook
 
@@ -200,14 +216,16 @@ def _block_swap(transformer: nn.Module, compute, offload, blocks_on_gpu: int, ma
         return output
 
     if make_room is not None:
-        resident = module_bytes(transformer) - sum(module_bytes(b) for b in streamed)
-        make_room(resident + (2 * max(map(module_bytes, streamed)) if streamed else 0))
+        streamed_bytes = [module_bytes(b) for b in streamed]
+        make_room(module_bytes(module) - sum(streamed_bytes) + 2 * max(streamed_bytes, default=0))
     try:
-        for name, child in transformer.named_children():
-            if name != "transformer_blocks":
-                child.to(compute)
-        for block in blocks[:blocks_on_gpu]:
-            block.to(compute)
+        if side is not None:
+            for p in streamed_params:
+                if p.data.device.type == "cpu" and not p.data.is_pinned():
+                    p.data = host[p] = p.data.pin_memory()
+        for t in tensors:
+            if t not in streamed_params:
+                t.data = host[t].to(compute)
         for index, block in enumerate(streamed):
             handles.append(block.register_forward_pre_hook(before(index)))
             handles.append(block.register_forward_hook(after))
@@ -218,10 +236,9 @@ def _block_swap(transformer: nn.Module, compute, offload, blocks_on_gpu: int, ma
         for handle in handles:
             handle.remove()
         if side is not None:
-            torch.cuda.current_stream(compute).wait_stream(side)
-        for p, t in host.items():
-            p.data = t
-        transformer.to(offload)
+            current.wait_stream(side)
+        for t, data in host.items():
+            t.data = data
         _empty_cache(compute)
 
 

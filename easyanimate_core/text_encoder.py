@@ -132,14 +132,21 @@ def load_text_encoder(
     path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
 ) -> QwenTextEncoder:
     """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLTextModel
+    try:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLTextModel
+    except ImportError as exc:
+        import transformers
+
+        raise ImportError(f"transformers {transformers.__version__} has no Qwen2-VL text model; EasyAnimate needs "
+                          f"transformers >= 4.53: run pip install -U 'transformers>=4.53' in ComfyUI's Python."
+                          ) from exc
 
     folder = resolve_component(path, "text_encoder")
     text_config = _language_model_config(folder)
     with torch.device("meta"):
         model = Qwen2VLTextModel(text_config)
     model.norm = nn.Identity()
-    model.to_empty(device=device).to(dtype)
+    model.to(dtype).to_empty(device=device)  # dtype first: on meta it costs nothing
     model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies
 
     files = sorted(folder.glob("*.safetensors"))

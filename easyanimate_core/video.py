@@ -7,6 +7,7 @@ otherwise say which values would work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def frames_to_model(frames: torch.Tensor, width: int, height: int) -> torch.Tens
     """IMAGE ``[F, H, W, C]`` in 0..1 -> ``[1, 3, F, height, width]`` in [-1, 1] (bicubic with antialiasing)."""
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames have shape {tuple(frames.shape)}: expected [F, H, W, C] with C = 1, 3 or 4.")
+    frames = frames.detach().cpu()  # IMAGE may live on the GPU (ComfyUI --gpu-only); the encoders move it
     x = frames[..., :3].float() if frames.shape[-1] != 1 else frames.float().expand(-1, -1, -1, 3)
     x = x.permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
     if x.shape[-2:] != (height, width):
@@ -76,28 +78,34 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(image[..., ::-1].copy()).float().div(255).unsqueeze(0)
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> torch.Tensor:
-    """A video file -> IMAGE ``[F, H, W, 3]`` (the first ``max_frames`` frames)."""
+def read_video(path: str | Path, max_frames: int | None = None, *, indices: Sequence[int] | None = None
+               ) -> torch.Tensor:
+    """A video file -> IMAGE ``[F, H, W, 3]``: the first ``max_frames`` frames, or only the frames at ``indices``
+    (sorted, duplicates once; decoding stops after the last one, and no other frame is kept)."""
     import imageio_ffmpeg
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Video file {path} does not exist.")
+    wanted = None if indices is None else set(indices)
+    last = max_frames if wanted is None else max(wanted, default=-1) + 1
     try:
         reader = imageio_ffmpeg.read_frames(str(path))
         meta = next(reader)
         width, height = meta["size"]
         frames = []
-        for raw in reader:
-            frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
-            if max_frames is not None and len(frames) >= max_frames:
+        for index, raw in enumerate(reader):
+            if last is not None and index >= last:
                 break
+            if wanted is None or index in wanted:
+                frames.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(height, width, 3))
         reader.close()
     except (RuntimeError, OSError, StopIteration) as exc:
         raise ValueError(f"Cannot decode {path} as a video ({exc}).") from exc
     if not frames:
-        raise ValueError(f"{path} holds no video frames.")
-    return torch.from_numpy(np.stack(frames)).float().div(255)
+        raise ValueError(f"{path} holds no video frames" + ("" if wanted is None else f" at {sorted(wanted)[:5]}")
+                         + ".")
+    return torch.stack(frames).float().div(255)
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -126,17 +126,6 @@ def torch_device():
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def offload_device():
-    import torch
-
-    try:
-        import comfy.model_management as mm
-
-        return mm.unet_offload_device()
-    except ImportError:
-        return torch.device("cpu")
-
-
 def make_room(bytes_needed: int) -> None:
     """Free VRAM held by other ComfyUI models (never all of them) before one of ours moves in."""
     try:

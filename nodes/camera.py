@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ._types import CAMERA, CATEGORY
 
-_FX, _FY = 0.532139961, 0.946026558  # the intrinsics of the official V5.1 camera workflow
 _FRAMES = ("INT", {"default": 49, "min": 1, "max": 161, "tooltip": "Poses in the path; match the sampler's frames."})
 
 
@@ -23,8 +22,9 @@ class EasyAnimateCameraPreset:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..easyanimate_core.camera import preset_names
+        from ..easyanimate_core.camera import V51_WORKFLOW_INTRINSICS, preset_names
 
+        fx, fy = V51_WORKFLOW_INTRINSICS[:2]  # the intrinsics of the official V5.1 camera workflow
         return {
             "required": {
                 "preset": (preset_names(), {"default": "Pan Left", "tooltip": "The motion. Pan/Zoom/ACW/CW are the "
@@ -33,9 +33,9 @@ class EasyAnimateCameraPreset:
                 "frames": _FRAMES,
                 "speed": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                     "tooltip": "Scales the whole displacement and rotation (1 = 1.5 units / 60°)."}),
-                "fx": ("FLOAT", {"default": _FX, "min": 0.01, "max": 10.0, "step": 0.001,
+                "fx": ("FLOAT", {"default": fx, "min": 0.01, "max": 10.0, "step": 0.001,
                                  "tooltip": "Focal length / image width of the assumed 16:9 source camera."}),
-                "fy": ("FLOAT", {"default": _FY, "min": 0.01, "max": 10.0, "step": 0.001,
+                "fy": ("FLOAT", {"default": fy, "min": 0.01, "max": 10.0, "step": 0.001,
                                  "tooltip": "Focal length / image height of the assumed 16:9 source camera."}),
             }
         }

@@ -60,7 +60,8 @@ class EasyAnimateModelLoader:
                                     f"transformer/, vae/, text_encoder/, tokenizer/) there and refresh the page.")
         folder = folders[model]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-        placement = Placement(memory_mode, _comfy.torch_device(), _comfy.offload_device(),
+        # The offload modes park models in system RAM, even when ComfyUI itself runs --gpu-only.
+        placement = Placement(memory_mode, _comfy.torch_device(), torch.device("cpu"),
                               blocks_on_gpu=blocks_on_gpu, make_room=_comfy.make_room)
         device = placement.resting_device
         if device == placement.compute and device.type != "cpu":

@@ -54,7 +54,7 @@ class EasyAnimateSampler:
     def sample(self, model, vae, conditioning, width, height, frames, steps, guidance, seed, denoise_strength,
                **optional):
         from ..easyanimate_core.conditioning import require_variant
-        from ..easyanimate_core.generation import GenerationRequest, sample_latents
+        from ..easyanimate_core.generation import GenerationRequest, prepare_inputs, run_denoise
         from ..easyanimate_core.lora import applied
 
         request = GenerationRequest(
@@ -64,7 +64,9 @@ class EasyAnimateSampler:
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"),
         ).checked()
-        require_variant(model.transformer.config, request.mode)
+        require_variant(model.transformer.config, request.mode)  # refused before any model moves
+        with vae.placement.active(vae.vae):
+            prepared = prepare_inputs(model.transformer.config, vae.vae, request)
         progress = _comfy.Progress(request.steps)
 
         def on_step(step, total, latents):
@@ -72,10 +74,9 @@ class EasyAnimateSampler:
             _comfy.check_interrupt()
 
         negative = conditioning.negative if guidance > 1.0 else None
-        with vae.placement.active(vae.vae), model.placement.active(model.transformer) as transformer, \
-                applied(transformer, model.loras):
-            latents = sample_latents(transformer, vae.vae, model.scheduler, request, conditioning.positive, negative,
-                                     callback=on_step)
+        with model.placement.active(model.transformer) as transformer, applied(transformer, model.loras):
+            latents = run_denoise(transformer, model.scheduler, prepared, conditioning.positive, negative,
+                                  callback=on_step)
         return ({"samples": latents.float().cpu()},)
 
 

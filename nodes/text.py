@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from ._types import CATEGORY, CONDITIONING, TEXT_ENCODER, PromptConditioning
 
-NEGATIVE_DEFAULT = "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。"
-
 
 class EasyAnimateTextEncode:
     DESCRIPTION = ("Encodes the prompt and the negative prompt with the model's Qwen2-VL text encoder. The result "
@@ -18,12 +16,14 @@ class EasyAnimateTextEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..easyanimate_core.generation import DEFAULT_NEGATIVE_PROMPT
+
         return {
             "required": {
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "From EasyAnimate Model Loader."}),
                 "prompt": ("STRING", {"multiline": True, "default": "",
                                       "tooltip": "What the video shows. Chinese and English both work."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": NEGATIVE_DEFAULT,
+                "negative_prompt": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE_PROMPT,
                                                "tooltip": "What to avoid (used when guidance > 1). The default is "
                                                           "the official one: distorted bodies, captions, comics, "
                                                           "static frames, ugliness, glitches."}),

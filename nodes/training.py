@@ -168,25 +168,30 @@ class EasyAnimateTrainLoRA:
         if not re.fullmatch(r"[\w.-]+", name):
             raise ValueError(f"name = {name!r}: use letters, digits, '-', '_' and '.' only (it becomes a folder "
                              f"and a file name).")
-        runs = (_comfy.output_directory() / Path(output_dir).expanduser()).resolve()
-        command = [sys.executable, "-c", _BOOTSTRAP, str(PACK_ROOT), "train-lora", "--data", dataset.data,
-                   "--model", str(folders[model]), "--output", str(runs / name), "--name", name,
-                   "--cache-dir", str(runs / "cache")]
+        base = _comfy.output_directory().resolve()
+        runs = (base / output_dir.strip()).resolve()
+        if not runs.is_relative_to(base):
+            raise ValueError(f"output_dir = {output_dir!r} leaves ComfyUI's output folder ({base}): use a folder "
+                             f"inside it, such as EasyAnimate/lora_training.")
+        # "--flag=value" so that a value starting with "--" is never read as an option.
+        command = [sys.executable, "-c", _BOOTSTRAP, str(PACK_ROOT), "train-lora", f"--data={dataset.data}",
+                   f"--model={folders[model]}", f"--output={runs / name}", f"--name={name}",
+                   f"--cache-dir={runs / 'cache'}"]
         if dataset.data_root:
-            command += ["--data-root", dataset.data_root]
+            command.append(f"--data-root={dataset.data_root}")
         if dataset.default_caption:
-            command += ["--default-caption", dataset.default_caption]
+            command.append(f"--default-caption={dataset.default_caption}")
         for option, (_, flag) in _OPTIONS.items():
             value = values[option]
             if isinstance(value, bool):
                 command += [flag] if value else []
             else:
-                command += [flag, str(value)]
+                command.append(f"{flag}={value}")
         if resume:
             command.append("--resume")
         for prompt in (p.strip() for p in validation_prompts.splitlines()):
             if prompt:
-                command += ["--validation-prompt", prompt]
+                command.append(f"--validation-prompt={prompt}")
         weights = sum(f.stat().st_size for f in (folders[model] / "transformer").glob("*.safetensors"))
         _comfy.make_room(2 * weights)  # the trainer is another process: free what ComfyUI holds on the GPU
         path, tail = run_trainer(command, steps)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from . import _comfy
 from ._types import CATEGORY, VAE
+
+logger = logging.getLogger(__name__)
 
 
 class EasyAnimateDecode:
@@ -69,6 +73,10 @@ class EasyAnimateEncode:
 
         count = check_frames(frames.shape[0], allow_round=True)
         height, width = frames.shape[1] // 8 * 8, frames.shape[2] // 8 * 8
+        if (count, height, width) != tuple(frames.shape[:3]):
+            logger.warning("EasyAnimate Encode: %d frames of %dx%d become %d frames of %dx%d (the VAE takes 4k+1 "
+                           "frames with sides that are multiples of 8).", frames.shape[0], frames.shape[2],
+                           frames.shape[1], count, width, height)
         with vae.placement.active(vae.vae), torch.inference_mode():
             latents = video_latents(vae.vae, frames, frames=count, width=width, height=height)
         return ({"samples": latents},)

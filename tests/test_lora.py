@@ -114,3 +114,17 @@ def test_save_is_atomic_and_round_trips(tmp_path, model):
     back = read_lora(path, model)
     for name, layer in layers.items():
         assert torch.equal(back.layers[name].down, layer.down) and back.layers[name].alpha == 2.0
+
+
+@pytest.mark.parametrize("mode", ["sequential_cpu_offload", "block_swap", "model_cpu_offload"])
+def test_loras_work_under_every_placement(tmp_path, model, mode):
+    from easyanimate_core.memory import Placement
+
+    lora = read_lora(save_lora(tmp_path / "a.safetensors", _layers(model)), model)
+    x = _inputs(model)
+    with applied(model, [(lora, 1.0)]):
+        expected = model(*x)
+    cpu = torch.device("cpu")
+    with Placement(mode, cpu, cpu, blocks_on_gpu=1).active(model), applied(model, [(lora, 1.0)]):
+        got = model(*x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -83,7 +83,7 @@ def test_fp8_storage_keeps_the_sensitive_layers_and_stays_close(mode, tolerance)
         assert model.proj_out.weight.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("mode", ["sequential_cpu_offload", "model_cpu_offload_and_qfloat8"])
+@pytest.mark.parametrize("mode", ["sequential_cpu_offload", "block_swap", "model_cpu_offload_and_qfloat8"])
 def test_qwen_text_encoder_runs_in_the_mode(tmp_path, mode):
     folder = write_demo_model(tmp_path / "m")
     expected = load_text_encoder(folder, dtype=torch.float32).encode(["a cat"]).states
@@ -92,7 +92,7 @@ def test_qwen_text_encoder_runs_in_the_mode(tmp_path, mode):
     store_for_mode(placement, language_model=encoder.language_model)
     with placement.active(encoder):
         got = encoder.encode(["a cat"]).states
-    tolerance = 1e-5 if mode == "sequential_cpu_offload" else 0.1 * expected.abs().max().item()
+    tolerance = 0.1 * expected.abs().max().item() if "qfloat8" in mode else 1e-5
     torch.testing.assert_close(got, expected, atol=tolerance, rtol=0)
     assert _hooks(encoder) == 0
 

@@ -142,7 +142,6 @@ def fake_comfy(monkeypatch, models_dir, tmp_path):
     utils.ProgressBar = ProgressBar
     mm.throw_exception_if_processing_interrupted = check
     mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
     mm.free_memory = lambda size, device, keep_loaded=(): record["freed"].append(size)
     comfy.utils, comfy.model_management = utils, mm
     folder_paths = types.ModuleType("folder_paths")

@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture()
-def comfy(monkeypatch, models_dir):
+def comfy(monkeypatch, models_dir, runs):
     """Stand-ins for the ComfyUI modules nodes/_comfy.py uses; records progress, freed memory and interrupt checks."""
     record = {"progress": [], "freed": [], "interrupt_after_step": None}
     comfy_module, utils, mm = (types.ModuleType(n) for n in ("comfy", "comfy.utils", "comfy.model_management"))
@@ -69,7 +69,7 @@ def comfy(monkeypatch, models_dir):
     comfy_module.utils, comfy_module.model_management = utils, mm
     folder_paths = types.ModuleType("folder_paths")
     folder_paths.get_folder_paths = lambda name: [str(models_dir)]
-    folder_paths.get_output_directory = lambda: str(models_dir.parent / "comfy_output")
+    folder_paths.get_output_directory = lambda: str(runs.parent)
     for name, module in (("comfy", comfy_module), ("comfy.utils", utils), ("comfy.model_management", mm),
                          ("folder_paths", folder_paths)):
         monkeypatch.setitem(sys.modules, name, module)
@@ -101,7 +101,7 @@ def test_the_training_node_streams_progress_and_returns_a_loadable_lora(comfy, m
     (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
     assert NODES["EasyAnimateTrainLoRA"].INPUT_TYPES()["required"]["model"][0] == ["demo-t2v"]
     path, log = _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
-                     **dict(TRAIN_INPUTS, output_dir=str(runs)))
+                     **dict(TRAIN_INPUTS, output_dir=runs.name))
     assert path == str(runs / "stripes" / "stripes.safetensors")
     assert len(list((runs / "cache" / "latents").iterdir())) == 4
     assert comfy["progress"] == [(1, 3), (2, 3), (3, 3)]
@@ -130,7 +130,7 @@ def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monk
     comfy["interrupt_after_step"] = 2
     with pytest.raises(_Interrupted):
         _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
-             **dict(TRAIN_INPUTS, output_dir=str(runs), name="cancelled", steps=500))
+             **dict(TRAIN_INPUTS, output_dir=runs.name, name="cancelled", steps=500))
     (process,) = started
     assert process.returncode == 130  # SIGTERM: the trainer ended at a step boundary by itself
     run = runs / "cancelled"
@@ -141,4 +141,11 @@ def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monk
     comfy["interrupt_after_step"] = None
     with pytest.raises(RuntimeError, match="(?s)LoRA training failed.*holds checkpoints of an earlier run"):
         _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
-             **dict(TRAIN_INPUTS, output_dir=str(runs), name="cancelled", steps=500))
+             **dict(TRAIN_INPUTS, output_dir=runs.name, name="cancelled", steps=500))
+
+
+def test_an_output_dir_outside_comfyui_output_is_refused(comfy, metadata):
+    (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
+    for escape in ("../elsewhere", "/etc/easyanimate"):
+        with pytest.raises(ValueError, match="leaves ComfyUI's output folder"):
+            _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v", **dict(TRAIN_INPUTS, output_dir=escape))

@@ -182,11 +182,16 @@ def load_dataset(data: str | Path, data_root: str | Path | None = None,
 
 def read_pixels(entry: Entry, frame_indices: Sequence[int], width: int, height: int) -> torch.Tensor:
     """The chosen frames, center-cropped to the bucket's aspect ratio and resized: [1, 3, F, height, width]."""
-    frames = read_image(entry.path) if entry.kind == "image" else read_video(entry.path, max(frame_indices) + 1)
-    if frames.shape[0] <= max(frame_indices):
-        logger.warning("%s has %d frames, fewer than its header says (%d): the last frame is repeated.",
-                       entry.path, frames.shape[0], entry.frames)
-    frames = frames[[min(i, frames.shape[0] - 1) for i in frame_indices]]  # [F, H0, W0, 3]
+    if entry.kind == "image":
+        frames = read_image(entry.path)[[0] * len(frame_indices)]  # [F, H0, W0, 3]
+    else:
+        wanted = sorted(set(frame_indices))
+        found = read_video(entry.path, indices=wanted)  # only the frames used, never the whole clip
+        if found.shape[0] < len(wanted):
+            logger.warning("%s has fewer frames than its header says (%d): the last frame is repeated.",
+                           entry.path, entry.frames)
+        slot = {index: min(k, found.shape[0] - 1) for k, index in enumerate(wanted)}
+        frames = found[[slot[i] for i in frame_indices]]  # [F, H0, W0, 3]
     h0, w0 = frames.shape[1:3]
     # Crop the source to the bucket's aspect ratio (centered), so the resize never distorts.
     if w0 * height > h0 * width:
