@@ -5,8 +5,11 @@ to 256 tokens and run through the language model; the DiT takes the second-to-la
 of all decoder layers but the last, before the final norm. So the last layer, the final norm, the LM head and the
 vision tower are never loaded.
 
-Pad tokens take part in the DiT's attention, so their hidden states matter; they come out exactly as from the full
-Qwen2-VL model of the installed transformers release (checked against diffusers' ``encode_prompt``).
+Pad tokens take part in the DiT's attention, so their hidden states matter. They depend on the pads' rotary
+positions, which transformers changed: the releases EasyAnimate V5.1 was trained with (4.4x-4.51) gave a
+right-padded text-only batch the positions 0..n-1 for real tokens and 1 for every pad; current releases number the
+pads on. We pass the old positions explicitly, so the states match the trained behaviour whatever transformers is
+installed (checked against a frozen transformers 4.51 output in tests/data).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ class PromptEmbeddings:
 
     states: torch.Tensor
     mask: torch.Tensor
+
+
+def released_position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] mask -> [3, B, L] M-RoPE positions as transformers 4.4x-4.51 made them: real tokens 0..n-1, pads 1."""
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return positions.unsqueeze(0).expand(3, -1, -1)
 
 
 def chat_text(tokenizer, prompt: str) -> str:
@@ -77,7 +86,8 @@ class QwenTextEncoder(nn.Module):
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
         ids, mask = self.tokenize(list(prompts))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        out = self.language_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = self.language_model(input_ids=ids, attention_mask=mask, position_ids=released_position_ids(mask),
+                                  use_cache=False)
         return PromptEmbeddings(states=out.last_hidden_state, mask=mask)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from easyanimate_core import ModelFormatError
 from easyanimate_core.demo import write_demo_text_encoder, write_demo_tokenizer
-from easyanimate_core.text_encoder import chat_text, load_text_encoder
+from easyanimate_core.text_encoder import chat_text, load_text_encoder, released_position_ids
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,10 @@ def test_embeddings_match_diffusers_encode_prompt(model_dir, prompt):
     states, mask = _diffusers_embeddings(model_dir, prompt)
     assert ours.states.shape == (1, 256, 64) and ours.mask.shape == (1, 256)
     assert torch.equal(ours.mask, mask)
-    torch.testing.assert_close(ours.states, states, atol=1e-5, rtol=1e-5)  # pads included: the DiT attends to them
+    real = mask[0].bool()
+    # Real tokens agree with diffusers on any transformers. Pads do not: current transformers number the pads'
+    # positions on, the releases the weights were trained with gave them all position 1 (see the next test).
+    torch.testing.assert_close(ours.states[0, real], states[0, real], atol=1e-5, rtol=1e-5)
 
 
 def test_each_prompt_is_encoded_on_its_own(model_dir):
@@ -88,3 +92,28 @@ def test_bad_prompt_type(model_dir):
     encoder = load_text_encoder(model_dir, dtype=torch.float32)
     with pytest.raises(ValueError, match="expected a list of strings"):
         encoder.encode([1, 2])
+
+
+def test_pad_states_match_the_transformers_release_the_weights_were_trained_with(tmp_path):
+    """A frozen output of transformers 4.51.3 (tests/data/qwen2vl_transformers_4.51/README.md): the DiT attends to
+    all 256 tokens, pads included, so their states must be the ones the model saw in training."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    data = Path(__file__).parent / "data" / "qwen2vl_transformers_4.51"
+    shutil.copytree(data, tmp_path / "text_encoder")
+    write_demo_tokenizer(tmp_path / "tokenizer")
+    encoder = load_text_encoder(tmp_path, dtype=torch.float32)
+    reference = load_file(data / "reference.safetensors")
+    mask = reference["attention_mask"]
+    with torch.inference_mode():
+        ours = encoder.language_model(input_ids=reference["input_ids"], attention_mask=mask,
+                                      position_ids=released_position_ids(mask), use_cache=False).last_hidden_state
+        default = encoder.language_model(input_ids=reference["input_ids"], attention_mask=mask,
+                                         use_cache=False).last_hidden_state
+    expected = reference["hidden_states_minus_2"]
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    real = mask[0].bool()
+    assert torch.equal(default[0, real], ours[0, real])
+    assert (default[0, ~real] - expected[0, ~real]).abs().max() > 1e-5  # without the released positions pads drift
