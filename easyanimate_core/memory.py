@@ -47,8 +47,25 @@ def execution_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    if hasattr(tensor, "__tensor_flatten__"):  # quanto's fp8 weights: count the stored payload and scales
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def module_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return sum(_tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def _release_freed_host_memory() -> None:
+    """Hand memory freed by a conversion back to the system: glibc otherwise keeps the old bf16 weights' pages."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and hasattr(ctypes.CDLL(name), "malloc_trim"):
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 class Fp8CastLinear(nn.Linear):
@@ -70,6 +87,7 @@ def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...]) -> nn.Modu
 
         quantize(module, weights=qfloat8, exclude=list(keep))
         freeze(module)
+        _release_freed_host_memory()
         return module
     if kind != "fp8_cast":
         raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast'.")
@@ -77,6 +95,7 @@ def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...]) -> nn.Modu
         if type(layer) is nn.Linear and not _kept(name, keep):
             layer.__class__ = Fp8CastLinear
             layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+    _release_freed_host_memory()
     return module
 
 
@@ -176,7 +195,7 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
     streamed block is fetched on a side CUDA stream while the block before it computes (the last one fetches the
     first for the next call); the compute stream waits for that copy before the block runs, and the copies are
     recorded on the compute stream so the allocator never reuses their memory under a running kernel. Host copies
-    of streamed weights are pinned once (the pinned tensor replaces the original) so the copies can overlap.
+    of streamed weights are page-locked in place for the duration, so the copies can overlap the compute.
     """
     streamed = blocks[blocks_on_gpu:]
     streamed_params = {p for block in streamed for p in block.parameters()}
@@ -184,7 +203,7 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
     current = torch.cuda.current_stream(compute) if side is not None else None
     tensors = [*module.parameters(), *module.buffers()]
     host = {t: t.data for t in tensors}
-    handles = []
+    handles, registered = [], []
 
     def fetch(block: nn.Module) -> None:
         if side is None:
@@ -220,9 +239,7 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
         make_room(module_bytes(module) - sum(streamed_bytes) + 2 * max(streamed_bytes, default=0))
     try:
         if side is not None:
-            for p in streamed_params:
-                if p.data.device.type == "cpu" and not p.data.is_pinned():
-                    p.data = host[p] = p.data.pin_memory()
+            registered += _page_lock([host[p] for p in streamed_params])
         for t in tensors:
             if t not in streamed_params:
                 t.data = host[t].to(compute)
@@ -239,7 +256,26 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
             current.wait_stream(side)
         for t, data in host.items():
             t.data = data
+        for pointer in registered:
+            torch.cuda.cudart().cudaHostUnregister(pointer)
         _empty_cache(compute)
+
+
+def _page_lock(tensors: list[torch.Tensor], min_bytes: int = 1 << 20) -> list[int]:
+    """Page-lock host tensors in place (no copy; ``pin_memory()`` would copy them into power-of-two blocks, 1.8x
+    the weights) so their copies to the GPU run beside the compute. Tensors under ``min_bytes`` stay pageable: they
+    may share a page with a neighbour, which can be locked only once, and copy quickly anyway."""
+    cudart = torch.cuda.cudart()
+    locked = []
+    for tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        if tensor.device.type != "cpu" or size < min_bytes or tensor.is_pinned() or not tensor.is_contiguous():
+            continue
+        if int(cudart.cudaHostRegister(tensor.data_ptr(), size, 0)) == 0:
+            locked.append(tensor.data_ptr())
+        elif hasattr(cudart, "cudaGetLastError"):
+            cudart.cudaGetLastError()  # leave no sticky error for the next kernel launch check
+    return locked
 
 
 def store_for_mode(placement: Placement, *, transformer: nn.Module | None = None,

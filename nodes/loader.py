@@ -68,9 +68,11 @@ class EasyAnimateModelLoader:
             weights = sum(f.stat().st_size for part in ("transformer", "vae", "text_encoder")
                           for f in (folder / part).glob("*.safetensors"))
             _comfy.make_room(weights)
+        # Each model goes to fp8 right after its load, so two bf16 models never sit in memory together.
         transformer = load_transformer(folder, dtype=dtype, device=device)
+        store_for_mode(placement, transformer=transformer)
         text_encoder = load_text_encoder(folder, dtype=dtype, device=device)
-        store_for_mode(placement, transformer=transformer, language_model=text_encoder.language_model)
+        store_for_mode(placement, language_model=text_encoder.language_model)
         bundle = ModelBundle(transformer, load_scheduler(folder), placement, str(folder))
         encoder = TextEncoderBundle(text_encoder, placement)
         vae = VAEBundle(load_vae(folder, dtype=dtype, device=device), placement)
