@@ -172,8 +172,9 @@ def workflows() -> dict[str, dict]:
     out["control"] = _build(nodes, links)
 
     nodes, links = _base("EasyAnimateV5.1-7b-zh-Control", "A dog walks along the drawn path.",
-                         "Trajectory: load the reference image, queue once so it shows in the trajectory canvas, "
-                         "draw one track per moving object, queue again. The preview shows the control video.")
+                         "Trajectory: load the reference image and queue: the example track runs, and the image "
+                         "appears in the trajectory canvas. Then draw one track per moving object over it (click "
+                         "to add points, drag to move) and queue again. The preview shows the control video.")
     drawing = json.dumps({"version": 1, "canvas": {"width": 672, "height": 384}, "frames": 49,
                           "tracks": [{"points": [[0.2, 0.7], [0.5, 0.45], [0.8, 0.6]]}]})
     nodes["image"] = load_image()
