@@ -8,6 +8,11 @@ from pathlib import Path
 from . import _comfy
 from ._types import CATEGORY, MODEL
 
+# Inputs both loaders share.
+_MODEL_INPUT = (MODEL, {"tooltip": "From EasyAnimate Model Loader or another LoRA loader."})
+_STRENGTH_INPUT = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                             "tooltip": "How strongly the LoRA applies; 0 turns it off."})
+
 
 class EasyAnimateLoraLoader:
     DESCRIPTION = ("Adds a LoRA from ComfyUI/models/loras to the model. Chain several. The LoRA runs beside the "
@@ -25,10 +30,9 @@ class EasyAnimateLoraLoader:
         names = _comfy.lora_names() or ["(no LoRA in models/loras)"]
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader or another LoRA loader."}),
+                "model": _MODEL_INPUT,
                 "lora_name": (names, {"tooltip": "A LoRA trained for EasyAnimate V5.1 (the same 7B/12B size)."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "How strongly the LoRA applies; 0 turns it off."}),
+                "strength": _STRENGTH_INPUT,
             }
         }
 
@@ -49,11 +53,10 @@ class EasyAnimateLoraLoaderFromPath:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader or another LoRA loader."}),
+                "model": _MODEL_INPUT,
                 "lora_path": ("STRING", {"forceInput": True, "tooltip": "Path of a .safetensors LoRA, e.g. "
                                                                         "lora_path of EasyAnimate Train LoRA."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "How strongly the LoRA applies; 0 turns it off."}),
+                "strength": _STRENGTH_INPUT,
             }
         }
 
