@@ -54,7 +54,7 @@ from easyanimate_core import (
     TransformerConfig,
     convert_transformer_state_dict,
 )
-from easyanimate_core.memory import MEMORY_MODES, TRANSFORMER_KEEP, Placement, store_for_mode
+from easyanimate_core.memory import MEMORY_MODES, TRANSFORMER_KEEP, Placement, store_in_fp8
 from easyanimate_core.sampling import Conditioning, denoise
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -164,14 +164,15 @@ def _ours(job: dict, config: TransformerConfig, dtype: torch.dtype, placement: P
     if job["folder"]:
         from easyanimate_core import load_transformer
 
-        model = load_transformer(job["folder"], dtype=dtype, device=placement.resting_device)
+        model = load_transformer(job["folder"], dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
     else:
         import gpu_step
 
         model, theirs = gpu_step.build_models(config, dtype, placement.compute)
         del theirs  # it shares our tensors; dropped before ours moves, so the device copy can go
         model.to(placement.resting_device)
-    store_for_mode(placement, transformer=model)
+        if placement.fp8:
+            store_in_fp8(model, placement.fp8, TRANSFORMER_KEEP)
     return model, model, lambda: placement.active(model)
 
 

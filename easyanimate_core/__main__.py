@@ -150,7 +150,7 @@ def generate(args: argparse.Namespace) -> int:
 
     from .generation import decode_latents, prepare_inputs, run_denoise
     from .loading import load_scheduler, load_transformer, load_vae
-    from .memory import Placement, store_for_mode
+    from .memory import Placement
     from .text_encoder import load_text_encoder
     from .video import write_mp4, write_png
 
@@ -168,14 +168,12 @@ def generate(args: argparse.Namespace) -> int:
                            "Pass --model PATH (or set EASYANIMATE_MODELS_DIR) for real weights.", variant)
         started = time.perf_counter()
         placement = Placement(args.memory_mode, device, torch.device("cpu"), blocks_on_gpu=args.blocks_on_gpu)
-        encoder = load_text_encoder(model_dir, dtype=dtype, device=placement.resting_device)
-        store_for_mode(placement, language_model=encoder.language_model)
+        encoder = load_text_encoder(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
         with placement.active(encoder):
             prompt = encoder.encode([args.prompt])
             negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
         del encoder  # the text encoder is not needed for sampling
-        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device)
-        store_for_mode(placement, transformer=transformer)
+        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
         vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
         scheduler = load_scheduler(model_dir)
     logger.info("%s: %s at %dx%dx%d, %d steps, %s (models loaded in %.1f s)",

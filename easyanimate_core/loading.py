@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
+from .memory import TRANSFORMER_KEEP, store_in_fp8
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -46,6 +47,7 @@ _KEY_PAIRS = (
     ("attn1.to_add_out.", "attn2.to_out.0."),
 )
 _BLOCK_KEY = re.compile(r"^(transformer_blocks\.\d+\.)(.*)$")
+_GROUP = re.compile(r"^(.*?\.\d+)\.")
 
 
 def convert_transformer_key(key: str, source: Layout, target: Layout) -> str:
@@ -143,8 +145,9 @@ def _headers(files: list[Path]) -> list[TensorEntry]:
     return entries
 
 
-def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, dtype, device) -> None:
-    """Check names and shapes against ``model`` (on meta), then read every tensor into place."""
+def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, dtype, device,
+               after_group: Callable[[str], None] | None = None) -> None:
+    """Check names and shapes against ``model`` (on meta), then read every tensor into place (:func:`read_into`)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(entries))
     unexpected = sorted(set(entries) - set(expected))
@@ -163,9 +166,41 @@ def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, 
             + ". The weight files and config.json come from different models, or a download is incomplete: "
             "download the folder again."
         )
-    key_of = {(e.file, e.begin): key for key, e in entries.items()}
-    state = {key_of[e.file, e.begin]: t for e, t in read_tensors(list(entries.values()), dtype=dtype, device=device)}
-    model.load_state_dict(state, strict=True, assign=True)
+    read_into(model, entries, dtype=dtype, device=device, after_group=after_group)
+
+
+def _group(key: str) -> str:
+    """The numbered block a tensor belongs to ("transformer_blocks.3", "layers.12"), or "" for the rest."""
+    match = _GROUP.match(key)
+    return match.group(1) if match else ""
+
+
+def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = key.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        owner._buffers[attr] = tensor
+
+
+def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, device,
+              after_group: Callable[[str], None] | None = None) -> None:
+    """Read every tensor of ``entries`` (model key -> file entry) into ``model``, built on meta, replacing its meta
+    tensors.
+
+    Tensors are read block by block (every numbered block, then the rest, named ""), and ``after_group(name)`` runs
+    once a group is in place: a conversion there (fp8 storage) holds only one block in the loaded dtype at a time.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in entries:
+        groups.setdefault(_group(key), []).append(key)
+    for name in sorted(groups, key=lambda g: g == ""):  # the rest last: it may convert whatever is left
+        key_of = {(entries[k].file, entries[k].begin): k for k in groups[name]}
+        for entry, tensor in read_tensors([entries[k] for k in groups[name]], dtype=dtype, device=device):
+            _assign(model, key_of[entry.file, entry.begin], tensor)
+        if after_group is not None:
+            after_group(name)
 
 
 def load_transformer(
@@ -174,8 +209,12 @@ def load_transformer(
     dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     rope_formula: RopeFormula = "original",
+    fp8: str | None = None,
 ) -> EasyAnimateTransformer:
-    """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout."""
+    """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout.
+
+    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each block converted as
+    soon as it is read: the host peak is the fp8 model plus one block, not the whole model in ``dtype``."""
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
     raw = read_config_json(config_path)
@@ -187,9 +226,10 @@ def load_transformer(
     entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
     with torch.device("meta"):
         model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula)
-    _load_into(model, entries, folder, dtype, device)
-    logger.info("Loaded %s from %s (%s layout, %d files) as %s on %s",
-                config.variant_description, folder, layout, len(files), dtype, device)
+    convert = None if fp8 is None else lambda group: store_in_fp8(model, fp8, TRANSFORMER_KEEP, within=group)
+    _load_into(model, entries, folder, dtype, device, after_group=convert)
+    logger.info("Loaded %s from %s (%s layout, %d files) as %s%s on %s", config.variant_description, folder,
+                layout, len(files), dtype, f" with {fp8} linears" if fp8 else "", device)
     return model.eval().requires_grad_(False)
 
 
@@ -208,7 +248,6 @@ def load_vae(
     _load_into(model, entries, folder, dtype, device)
     logger.info("Loaded the MagViT VAE from %s as %s on %s", folder, dtype, device)
     return model.eval().requires_grad_(False)
-
 
 
 def load_scheduler(path: str | Path) -> FlowMatchEulerScheduler:

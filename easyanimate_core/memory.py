@@ -80,22 +80,36 @@ def _kept(name: str, keep: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in keep)
 
 
-def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...]) -> nn.Module:
-    """Store ``module``'s linear weights in fp8 in place (``kind`` = "qfloat8" or "fp8_cast"), except ``keep``."""
-    if kind == "qfloat8":
+def _fp8_targets(module: nn.Module, keep: tuple[str, ...], within: str) -> list[str]:
+    """Names of the plain Linears of ``module`` under ``within`` (a submodule name; "" = all) not matched by ``keep``.
+
+    Linears already converted (quanto's QLinear, Fp8CastLinear) are subclasses, so a second call skips them."""
+    prefix = f"{within}." if within else ""
+    return [name for name, layer in module.named_modules()
+            if type(layer) is nn.Linear and name.startswith(prefix) and not _kept(name, keep)]
+
+
+def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...], *, within: str = "") -> nn.Module:
+    """Store ``module``'s linear weights in fp8 in place (``kind`` = "qfloat8" or "fp8_cast"), except ``keep``.
+
+    ``keep`` holds fnmatch patterns of full module names. ``within`` limits the conversion to one submodule, so a
+    loader can convert each block as soon as it is read (``loading.load_transformer(fp8=...)``)."""
+    if kind not in ("qfloat8", "fp8_cast"):
+        raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast'.")
+    targets = _fp8_targets(module, keep, within)
+    if kind == "qfloat8" and targets:
         from optimum.quanto import freeze, qfloat8, quantize
 
-        quantize(module, weights=qfloat8, exclude=list(keep))
-        freeze(module)
-        _release_freed_host_memory()
-        return module
-    if kind != "fp8_cast":
-        raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast'.")
-    for name, layer in module.named_modules():
-        if type(layer) is nn.Linear and not _kept(name, keep):
+        quantize(module, weights=qfloat8, include=targets)  # exact names: fnmatch without wildcards
+        for name in targets:
+            freeze(module.get_submodule(name))
+    elif kind == "fp8_cast":
+        for name in targets:
+            layer = module.get_submodule(name)
             layer.__class__ = Fp8CastLinear
             layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
-    _release_freed_host_memory()
+    if not within:
+        _release_freed_host_memory()
     return module
 
 
@@ -277,13 +291,3 @@ def _page_lock(tensors: list[torch.Tensor], min_bytes: int = 1 << 20) -> list[in
             cudart.cudaGetLastError()  # leave no sticky error for the next kernel launch check
     return locked
 
-
-def store_for_mode(placement: Placement, *, transformer: nn.Module | None = None,
-                   language_model: nn.Module | None = None) -> None:
-    """Apply the fp8 storage of ``placement``'s mode to freshly loaded models (nothing for other modes)."""
-    if placement.fp8 is None:
-        return
-    if transformer is not None:
-        store_in_fp8(transformer, placement.fp8, TRANSFORMER_KEEP)
-    if language_model is not None:
-        store_in_fp8(language_model, placement.fp8, TEXT_ENCODER_KEEP)

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loading import ModelFormatError, resolve_component
-from .memory import execution_device
-from .safetensors_io import read_header, read_tensors
+from .loading import ModelFormatError, read_into, resolve_component
+from .memory import TEXT_ENCODER_KEEP, execution_device, store_in_fp8
+from .safetensors_io import read_header
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,13 @@ def _language_model_config(folder: Path):
 
 
 def load_text_encoder(
-    path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+    fp8: str | None = None,
 ) -> QwenTextEncoder:
-    """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder."""
+    """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder.
+
+    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each decoder layer
+    converted as soon as it is read."""
     try:
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLTextModel
     except ImportError as exc:
@@ -154,15 +158,14 @@ def load_text_encoder(
     folder = resolve_component(path, "text_encoder")
     text_config = _language_model_config(folder)
     with torch.device("meta"):
-        model = Qwen2VLTextModel(text_config)
+        model = Qwen2VLTextModel(text_config).to(dtype)
     model.norm = nn.Identity()
-    model.to(dtype).to_empty(device=device)  # dtype first: on meta it costs nothing
     model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelFormatError(f"No .safetensors weights in {folder}. Download the text_encoder/ weight files.")
-    wanted = model.state_dict()
+    wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     entries = {}
     for entry in (e for f in files for e in read_header(f)):
         for prefix in _TEXT_PREFIXES:
@@ -175,14 +178,12 @@ def load_text_encoder(
     if missing:
         raise ModelFormatError(f"The text encoder weights in {folder} lack {len(missing)} tensors of the language "
                                f"model (first: {missing[:5]}). Download the text_encoder/ folder again.")
-    key_of = {(e.file, e.begin): k for k, e in entries.items()}
-    with torch.no_grad():
-        for entry, tensor in read_tensors(list(entries.values()), dtype=dtype, device=device):
-            name = key_of[entry.file, entry.begin]
-            if tuple(tensor.shape) != tuple(wanted[name].shape):
-                raise ModelFormatError(f"{entry.file}: tensor '{entry.name}' has shape {tuple(tensor.shape)}, the "
-                                       f"config asks for {tuple(wanted[name].shape)}. Download the folder again.")
-            wanted[name].copy_(tensor)
+    for name, entry in entries.items():
+        if entry.shape != wanted[name]:
+            raise ModelFormatError(f"{entry.file}: tensor '{entry.name}' has shape {entry.shape}, the config asks "
+                                   f"for {wanted[name]}. Download the folder again.")
+    convert = None if fp8 is None else lambda group: store_in_fp8(model, fp8, TEXT_ENCODER_KEEP, within=group)
+    read_into(model, entries, dtype=dtype, device=device, after_group=convert)
     logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s on %s",
                 text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype, device)
     model_root = folder.parent if folder.name == "text_encoder" else folder

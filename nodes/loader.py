@@ -50,7 +50,7 @@ class EasyAnimateModelLoader:
         import torch
 
         from ..easyanimate_core.loading import load_scheduler, load_transformer, load_vae
-        from ..easyanimate_core.memory import Placement, store_for_mode
+        from ..easyanimate_core.memory import Placement
         from ..easyanimate_core.text_encoder import load_text_encoder
 
         folders = _comfy.model_folders()
@@ -68,11 +68,9 @@ class EasyAnimateModelLoader:
             weights = sum(f.stat().st_size for part in ("transformer", "vae", "text_encoder")
                           for f in (folder / part).glob("*.safetensors"))
             _comfy.make_room(weights)
-        # Each model goes to fp8 right after its load, so two bf16 models never sit in memory together.
-        transformer = load_transformer(folder, dtype=dtype, device=device)
-        store_for_mode(placement, transformer=transformer)
-        text_encoder = load_text_encoder(folder, dtype=dtype, device=device)
-        store_for_mode(placement, language_model=text_encoder.language_model)
+        # fp8 modes convert each block as it is read: the host never holds a whole model in bf16.
+        transformer = load_transformer(folder, dtype=dtype, device=device, fp8=placement.fp8)
+        text_encoder = load_text_encoder(folder, dtype=dtype, device=device, fp8=placement.fp8)
         bundle = ModelBundle(transformer, load_scheduler(folder), placement, str(folder))
         encoder = TextEncoderBundle(text_encoder, placement)
         vae = VAEBundle(load_vae(folder, dtype=dtype, device=device), placement)

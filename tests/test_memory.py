@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from easyanimate_core.demo import demo_transformer_config, write_demo_model
-from easyanimate_core.memory import MEMORY_MODES, Fp8CastLinear, Placement, store_for_mode
+from easyanimate_core.memory import MEMORY_MODES, TRANSFORMER_KEEP, Fp8CastLinear, Placement, store_in_fp8
 from easyanimate_core.text_encoder import load_text_encoder
 from easyanimate_core.transformer import EasyAnimateTransformer
 
@@ -68,7 +68,7 @@ def test_fp8_storage_keeps_the_sensitive_layers_and_stays_close(mode, tolerance)
     reference, x = _model(torch.bfloat16), _inputs(torch.bfloat16)
     expected = reference(*x).float()
     model = _model(torch.bfloat16)
-    store_for_mode(Placement(mode, CPU, CPU), transformer=model)
+    store_in_fp8(model, Placement(mode, CPU, CPU).fp8, TRANSFORMER_KEEP)
     got = model(*x).float()
     error = ((got - expected).abs().max() / expected.abs().max()).item()
     assert 0 < error < tolerance, error
@@ -87,9 +87,8 @@ def test_fp8_storage_keeps_the_sensitive_layers_and_stays_close(mode, tolerance)
 def test_qwen_text_encoder_runs_in_the_mode(tmp_path, mode):
     folder = write_demo_model(tmp_path / "m")
     expected = load_text_encoder(folder, dtype=torch.float32).encode(["a cat"]).states
-    encoder = load_text_encoder(folder, dtype=torch.float32)
     placement = Placement(mode, CPU, CPU)
-    store_for_mode(placement, language_model=encoder.language_model)
+    encoder = load_text_encoder(folder, dtype=torch.float32, fp8=placement.fp8)
     with placement.active(encoder):
         got = encoder.encode(["a cat"]).states
     tolerance = 0.1 * expected.abs().max().item() if "qfloat8" in mode else 1e-5

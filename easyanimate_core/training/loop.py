@@ -24,7 +24,6 @@ import torch
 from ..config import TransformerConfig, read_config_json
 from ..loading import load_scheduler, load_transformer, resolve_component
 from ..lora import read_lora, save_lora
-from ..memory import TRANSFORMER_KEEP, store_in_fp8
 from . import checkpoints
 from .buckets import BatchSchedule, bucket_for, seeded_generator
 from .config import BASE_DTYPE, SAVE_DTYPES, TrainingConfig, lr_factor
@@ -174,9 +173,8 @@ def train(config: TrainingConfig, *, on_step: Callable[[StepReport], None] | Non
     data = prepare_data(config, accelerator, model_dir, entries, buckets, inpaint_model, dtype)
 
     # 3. The transformer with trainable branches.
-    transformer = load_transformer(model_dir, dtype=dtype, device=device)
-    if config.fp8_base:  # before the branches are attached: quanto replaces the linears
-        store_in_fp8(transformer, "qfloat8", TRANSFORMER_KEEP)
+    # fp8 base: converted block by block while loading, before the branches attach (quanto replaces the linears)
+    transformer = load_transformer(model_dir, dtype=dtype, device=device, fp8="qfloat8" if config.fp8_base else None)
     names = target_linears(transformer, config.target_modules)
     schedule = BatchSchedule(tuple(buckets), config.batch_size, config.seed, accelerator.process_index,
                              accelerator.num_processes)
