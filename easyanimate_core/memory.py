@@ -108,8 +108,7 @@ def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...], *, within:
             layer = module.get_submodule(name)
             layer.__class__ = Fp8CastLinear
             layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
-    if not within:
-        _release_freed_host_memory()
+    _release_freed_host_memory()  # per block while loading, too: else the freed bf16 blocks pile up in the heap
     return module
 
 
