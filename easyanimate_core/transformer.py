@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, joint_attention, rotary_embedding_3d
+from .attention import ROPE_FORMULAS, RopeFormula, rotary_embedding_3d, rotate_joint
+from .chunking import per_token
 from .config import TransformerConfig
 from .memory import execution_device
 from .ops import DEFAULT_OPS, LayerOps
@@ -74,7 +75,7 @@ class ModulatedNorm(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
         shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
-        video = self.norm(video) * (1 + scale) + shift
+        video = per_token(lambda v: self.norm(v) * (1 + scale) + shift, video)
         text = self.norm(text) * (1 + t_scale) + t_shift
         return video, text, gate, t_gate
 
@@ -92,12 +93,17 @@ class AttentionProjections(nn.Module):
         self.norm_q = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
         self.norm_k = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # [B, N, D] -> 3 x [B, heads, N, head_dim]
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(2, (self.heads, -1)).transpose(1, 2)
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(2, (self.heads, -1)).transpose(1, 2)  # [B, N, D] -> [B, heads, N, head_dim]
 
-        return self.norm_q(split(self.to_q(x))), self.norm_k(split(self.to_k(x))), split(self.to_v(x))
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_q(self._heads(self.to_q(x)))
+
+    def k(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_k(self._heads(self.to_k(x)))
+
+    def v(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.to_v(x))
 
 
 class FeedForward(nn.Module):
@@ -128,31 +134,49 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(dim, 4 * dim, **kw)
         self.txt_ff = FeedForward(dim, 4 * dim, **kw) if is_mmdit else None
 
-    def _attention(self, video: torch.Tensor, text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        n_text = text.shape[1]
+    def _joint_qkv(self, video: torch.Tensor, text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """Queries, keys and values of the joint sequence (text first), each [B, heads, L_txt + N, head_dim].
+
+        One at a time, and each stream's projection is dropped once the joint tensor holds it: at most one
+        per-stream copy exists beside the joint ones (the inference peak of a block, see chunking.py)."""
         cos, sin = rope
         if self.attn2 is not None:
-            vq, vk, vv = self.attn1.qkv(video)
-            tq, tk, tv = self.attn2.qkv(text)
-            q = torch.cat([tq, apply_rotary(vq, cos, sin)], dim=2)
-            k = torch.cat([tk, apply_rotary(vk, cos, sin)], dim=2)
-            out = joint_attention(q, k, torch.cat([tv, vv], dim=2))  # [B, L_txt + N, D]
+            q = rotate_joint(self.attn2.q(text), self.attn1.q(video), cos, sin)
+            k = rotate_joint(self.attn2.k(text), self.attn1.k(video), cos, sin)
+            return q, k, torch.cat([self.attn2.v(text), self.attn1.v(video)], dim=2)
+        n_text, joint = text.shape[1], torch.cat([text, video], dim=1)
+        q = self.attn1.q(joint)
+        q = rotate_joint(q[:, :, :n_text], q[:, :, n_text:], cos, sin)
+        k = self.attn1.k(joint)
+        k = rotate_joint(k[:, :, :n_text], k[:, :, n_text:], cos, sin)
+        return q, k, self.attn1.v(joint)
+
+    def _attention_out(self, out: torch.Tensor, n_text: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention output [B, L_txt + N, D] -> the video's and the text's output projections."""
+        if self.attn2 is not None:
             return self.attn1.to_out[0](out[:, n_text:]), self.attn2.to_out[0](out[:, :n_text])
-        q, k, v = self.attn1.qkv(torch.cat([text, video], dim=1))
-        q = torch.cat([q[:, :, :n_text], apply_rotary(q[:, :, n_text:], cos, sin)], dim=2)
-        k = torch.cat([k[:, :, :n_text], apply_rotary(k[:, :, n_text:], cos, sin)], dim=2)
-        out = self.attn1.to_out[0](joint_attention(q, k, v))  # the original projects the text tokens too
+        out = self.attn1.to_out[0](out)  # the original projects the text tokens too
         return out[:, n_text:], out[:, :n_text]
 
     def forward(self, video, text, temb, rope):
+        # Locals live until reassigned: each intermediate is deleted as soon as it is used, which lowers the
+        # inference peak of the block (bench/README.md, "Activation memory").
         # 1. Joint attention, gated residual per stream.
         v_in, t_in, gate, t_gate = self.norm1(video, text, temb)
-        v_attn, t_attn = self._attention(v_in, t_in, rope)
-        video = video + gate * v_attn
+        n_text = t_in.shape[1]
+        q, k, v = self._joint_qkv(v_in, t_in, rope)
+        del v_in, t_in
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)  # [B, heads, L_txt + N, hd]
+        del q, k, v
+        v_attn, t_attn = self._attention_out(out.transpose(1, 2).flatten(2), n_text)
+        del out
+        video = per_token(lambda x, a: x + gate * a, video, v_attn)
         text = text + t_gate * t_attn
-        # 2. Feed-forward, gated residual per stream.
+        del v_attn, t_attn
+        # 2. Feed-forward, gated residual per stream (the video's in token chunks, see chunking.py).
         v_in, t_in, gate, t_gate = self.norm2(video, text, temb)
-        video = video + gate * self.ff(v_in)
+        video = per_token(lambda x, h: x + gate * self.ff(h), video, v_in)
+        del v_in
         text = text + t_gate * (self.txt_ff if self.txt_ff is not None else self.ff)(t_in)
         return video, text
 

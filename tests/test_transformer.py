@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import TINY_TRANSFORMER, diffusers_transformer, randomize_, save_original_layout, transformer_inputs
 
-from easyanimate_core import load_transformer, transformer_config_from_dict
+from easyanimate_core import chunking, load_transformer, transformer_config_from_dict
 from easyanimate_core.attention import apply_rotary, resize_crop_region, rotary_embedding_3d
 from easyanimate_core.ops import DEFAULT_OPS
 from easyanimate_core.transformer import DiTBlock
@@ -41,6 +41,27 @@ def test_parity_with_diffusers_both_layouts(tmp_path, variant, add_norm):
             got = ours(latents, timestep, text, **extra)
             assert got.shape == (2, 16, 2, 8, 12)
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mmdit_layers", [2, 1], ids=["mmdit", "7b-style"])
+def test_token_chunked_inference_changes_no_value(tmp_path, monkeypatch, mmdit_layers):
+    # Norms, modulation, rotary, feed-forward and residuals run in token chunks without autograd (chunking.py).
+    reference = diffusers_transformer(in_channels=33, num_layers=2, mmdit_layers=mmdit_layers)
+    reference.save_pretrained(tmp_path / "transformer")
+    ours = load_transformer(tmp_path, dtype=torch.float32)
+    latents, timestep, text, extra = transformer_inputs(ours.config, h=8, w=12)
+    expected = _diffusers_out(reference, latents, timestep, text, extra)
+    with torch.no_grad():
+        whole = ours(latents, timestep, text, **extra)
+        monkeypatch.setattr(chunking, "TOKEN_CHUNK", 5)  # 2 x 4 x 6 = 48 video tokens: 10 chunks, the last short
+        chunked = ours(latents, timestep, text, **extra)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)  # fp32 GEMM blocking differs per shape
+    torch.testing.assert_close(chunked, expected, atol=1e-4, rtol=1e-4)
+    latents.requires_grad_(True)  # with autograd the whole tensors run: same values, gradients flow
+    training = ours(latents, timestep, text, **extra)
+    torch.testing.assert_close(training, whole, atol=1e-6, rtol=0)
+    training.square().mean().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
 
 
 def test_linspace_rope_option_matches_diffusers_on_square_grid(tmp_path):
