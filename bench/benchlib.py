@@ -1,4 +1,5 @@
-"""Helpers shared by the bench scripts: repo import path, random weights, diffusers configs, timing, tables."""
+"""Helpers shared by the bench scripts: repo import path, random weights, diffusers configs, timing, tables, and
+the peak-memory tracker that counts the tensors a call creates."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from easyanimate_core import TransformerConfig
 
@@ -78,3 +82,34 @@ def machine_description() -> str:
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average {' '.join(load)}")
+
+
+class PeakTracker(TorchDispatchMode):
+    """Peak bytes of the tensor storages created while the mode is active and still alive.
+
+    Storages of ``existing`` tensors (the weights, the input) are never counted, even when an op returns a view
+    of them.
+    """
+
+    def __init__(self, existing: tuple[torch.Tensor, ...] = ()):
+        super().__init__()
+        self._live: set[int] = {t.untyped_storage().data_ptr() for t in existing}
+        self.now = self.peak = 0
+
+    def _free(self, key: int, size: int) -> None:
+        self._live.discard(key)
+        self.now -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key and key not in self._live:
+                self._live.add(key)
+                self.now += storage.nbytes()
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        self.peak = max(self.peak, self.now)
+        return out

@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--camera-file", type=Path, help="camera control: a CameraCtrl/RealEstate10K pose file")
     gen.add_argument("--camera-speed", type=float, default=1.0)
     gen.add_argument("--fps", type=int, default=8)
-    gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory)")
+    gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory); "
+                                                   "default: whole frames when they fit in free memory, otherwise "
+                                                   "the largest tiles that fit")
     gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on a GPU, float32 on the CPU")
     gen.add_argument("--memory-mode", choices=MEMORY_MODES, default="model_cpu_offload",
                      help="where the models wait between uses and how weights are stored (README: which to pick)")
@@ -186,7 +188,7 @@ def generate(args: argparse.Namespace) -> int:
         latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
                               callback=lambda step, total, _: bar.update(1))
     with placement.active(vae):
-        frames = decode_latents(vae, latents, tile_size=args.tile_size)
+        frames = decode_latents(vae, latents, tile_size=args.tile_size or "auto")
     write_mp4(args.output, frames, fps=args.fps)
     png = write_png(args.output.with_suffix(".png"), frames[0])
     print(f"{request.mode}: {frames.shape[0]} frames {request.width}x{request.height} in "

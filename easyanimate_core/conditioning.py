@@ -47,8 +47,10 @@ def require_variant(config: TransformerConfig, mode: str) -> None:
 
 
 def _encode(vae: MagvitVAE, video: torch.Tensor) -> torch.Tensor:
-    """[1, 3, F, H, W] in [-1, 1] -> scaled latent means [1, 16, T, h, w] in the VAE's dtype."""
-    return vae.encode(video.to(device=execution_device(vae), dtype=vae.dtype)).mode() * vae.scaling_factor
+    """[1, 3, F, H, W] in [-1, 1] -> scaled latent means [1, 16, T, h, w] in the VAE's dtype; in spatial tiles
+    when whole frames do not fit in free memory."""
+    video = video.to(device=execution_device(vae), dtype=vae.dtype)
+    return vae.encode(video, tile_size="auto").mode() * vae.scaling_factor
 
 
 def resize_mask_to_latents(mask: torch.Tensor, latent_t: int, height: int, width: int) -> torch.Tensor:

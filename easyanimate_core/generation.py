@@ -29,6 +29,7 @@ from .text_encoder import PromptEmbeddings
 from .trajectory import Trajectory, render_trajectory_video
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
+from .vae_tiling import TileSize
 from .video import check_frames, check_size, latent_shape, model_to_frames
 
 # The negative prompt of the official predict scripts ("twisted body, limb deformities, text captions, comic,
@@ -167,9 +168,9 @@ def sample_latents(
     return run_denoise(transformer, scheduler, prepared, prompt, negative, callback=callback)
 
 
-def decode_latents(vae: MagvitVAE, latents: torch.Tensor, *, tile_size: int | None = None,
+def decode_latents(vae: MagvitVAE, latents: torch.Tensor, *, tile_size: TileSize = "auto",
                    callback=None) -> torch.Tensor:
-    """Scaled latents [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] in 0..1."""
+    """Scaled latents [B, 16, T, h, w] -> IMAGE [B*F, H, W, 3] in 0..1; ``tile_size`` as in ``MagvitVAE.decode``."""
     with torch.inference_mode():
         video = vae.decode(latents.to(device=execution_device(vae), dtype=vae.dtype) / vae.scaling_factor,
                            tile_size=tile_size, callback=callback)

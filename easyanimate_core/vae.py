@@ -12,7 +12,6 @@ Attribute names equal the checkpoint keys; both published layouts share them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +21,16 @@ from torch import nn
 
 from .config import VAEConfig
 from .ops import DEFAULT_OPS, LayerOps
-
-logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
-# Encodes or decodes one spatial tile chunk by chunk, calling the second argument after every chunk.
-TileRunner = Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
+from .vae_tiling import (
+    ProgressCallback,
+    TileRunner,
+    TileSize,
+    frame_size,
+    plan_tile,
+    progress_reporter,
+    retry_smaller_tiles,
+    run_tiled,
+)
 
 _NORM_EPS = 1e-6
 _LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
@@ -236,70 +239,6 @@ def _chunks(frames: int, step: int) -> list[slice]:
     return [slice(0, 1), *(slice(s, s + step) for s in range(1, frames, step))]
 
 
-def _progress(callback: ProgressCallback | None, total: int) -> Callable[[], None]:
-    done = 0
-
-    def report() -> None:
-        nonlocal done
-        done += 1
-        if callback is not None:
-            callback(done, total)
-
-    return report
-
-
-def _spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Overlapping ``(start, end)`` tiles covering ``[0, size)``; the last one is moved back to end at ``size``."""
-    if size <= tile:
-        return [(0, size)]
-    starts = list(range(0, size - tile, tile - overlap)) + [size - tile]
-    return [(s, s + tile) for s in starts]
-
-
-def _ramp(spans: list[tuple[int, int]], k: int, scale: int) -> torch.Tensor:
-    """Blend weights along one axis of tile ``k`` (output units): linear ramps over the overlaps with neighbours.
-
-    Two neighbours' ramps over the same overlap sum to one, and no weight is zero, so dividing by the summed
-    weights is exact inside a tile and a linear cross-fade across a seam.
-    """
-    start, end = spans[k]
-    w = torch.ones((end - start) * scale)
-    if k > 0:
-        n = (spans[k - 1][1] - start) * scale
-        w[:n] = torch.minimum(w[:n], torch.arange(1, n + 1) / (n + 1))
-    if k < len(spans) - 1:
-        n = (end - spans[k + 1][0]) * scale
-        w[w.numel() - n:] = torch.minimum(w[w.numel() - n:], torch.arange(n, 0, -1) / (n + 1))
-    return w
-
-
-def run_tiled(run: TileRunner, x: torch.Tensor, *, in_scale: int, out_scale: int, tile: int, overlap: int,
-              chunks: int, callback: ProgressCallback | None) -> torch.Tensor:
-    """Apply ``run(x_tile, report)`` to overlapping spatial tiles of ``x`` and cross-fade them linearly.
-
-    Tiles are planned on the latent grid: ``tile`` and ``overlap`` are latent pixels, and one latent pixel is
-    ``in_scale`` pixels of ``x`` and ``out_scale`` pixels of the output. ``run`` calls ``report()`` after each of
-    its ``chunks`` temporal chunks.
-    """
-    h, w = x.shape[-2] // in_scale, x.shape[-1] // in_scale
-    rows, cols = _spans(h, tile, overlap), _spans(w, tile, overlap)
-    logger.debug("VAE tiling: %dx%d tiles of %d latent pixels, overlap %d", len(rows), len(cols), tile, overlap)
-    report = _progress(callback, chunks * len(rows) * len(cols))
-    out = weight = None
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            y = run(x[..., r0 * in_scale:r1 * in_scale, c0 * in_scale:c1 * in_scale], report)
-            if out is None:
-                # fp32 accumulators: [B, C, T, h_out, w_out] and the summed weights [h_out, w_out]
-                out = y.new_zeros((*y.shape[:3], h * out_scale, w * out_scale), dtype=torch.float32)
-                weight = out.new_zeros(out.shape[-2:])
-            wt = (_ramp(rows, i, out_scale)[:, None] * _ramp(cols, j, out_scale)[None, :]).to(out.device)
-            rs, cs = slice(r0 * out_scale, r1 * out_scale), slice(c0 * out_scale, c1 * out_scale)
-            out[..., rs, cs] += y.float() * wt
-            weight[rs, cs] += wt
-    return (out / weight).to(y.dtype)
-
-
 class MagvitVAE(nn.Module):
     """EasyAnimate's causal video VAE; ``encode``/``decode`` work on unscaled latents."""
 
@@ -325,12 +264,13 @@ class MagvitVAE(nn.Module):
     def scaling_factor(self) -> float:
         return self.config.scaling_factor
 
-    def encode(self, video: torch.Tensor, *, callback: ProgressCallback | None = None, tile_size: int | None = None,
+    def encode(self, video: torch.Tensor, *, callback: ProgressCallback | None = None, tile_size: TileSize = None,
                tile_overlap: float = 0.25) -> Posterior:
         """``[B, 3, 1 + 4k, H, W]`` in [-1, 1] -> posterior over ``[B, 16, 1 + k, H/8, W/8]``.
 
         ``callback(done, total)`` runs after every temporal chunk (of every tile) and may raise to cancel.
-        ``tile_size`` (pixels) encodes overlapping spatial tiles separately to save memory.
+        ``tile_size`` (pixels) encodes overlapping spatial tiles separately to save memory; ``"auto"`` picks whole
+        frames or a tile size from the free memory (:mod:`.vae_tiling`).
         """
         step, channels = self.config.mini_batch_encoder, self.config.in_channels
         if video.ndim != 5 or video.shape[1] != channels:
@@ -356,11 +296,12 @@ class MagvitVAE(nn.Module):
         return Posterior.from_moments(moments)
 
     def decode(self, latents: torch.Tensor, *, callback: ProgressCallback | None = None,
-               tile_size: int | None = None, tile_overlap: float = 0.25) -> torch.Tensor:
+               tile_size: TileSize = None, tile_overlap: float = 0.25) -> torch.Tensor:
         """Unscaled ``[B, 16, T, h, w]`` -> video ``[B, 3, 1 + 4(T - 1), 8h, 8w]`` clamped to [-1, 1].
 
         ``callback(done, total)`` runs after every latent frame (of every tile) and may raise to cancel.
-        ``tile_size`` (pixels) decodes overlapping spatial tiles separately and cross-fades them.
+        ``tile_size`` (pixels) decodes overlapping spatial tiles separately and cross-fades them; ``"auto"`` picks
+        whole frames or a tile size from the free memory (:mod:`.vae_tiling`).
         """
         channels = self.config.latent_channels
         if latents.ndim != 5 or latents.shape[1] != channels or latents.shape[2] < 1:
@@ -382,16 +323,22 @@ class MagvitVAE(nn.Module):
         return video.clamp(-1.0, 1.0)
 
     def _tiled(self, run: TileRunner, x: torch.Tensor, encode: bool, chunks: int,
-               callback: ProgressCallback | None, tile_size: int | None, tile_overlap: float) -> torch.Tensor:
+               callback: ProgressCallback | None, tile_size: TileSize, tile_overlap: float) -> torch.Tensor:
         """``run`` on the whole frame, or on tiles of ``tile_size`` pixels when the frame is larger than one."""
         c = self.config.spatial_compression
-        if tile_size is not None and (tile_size < c or not 0.0 <= tile_overlap < 1.0):
-            raise ValueError(f"tile_size = {tile_size}, tile_overlap = {tile_overlap}: expected a tile of at least "
-                             f"{c} pixels and an overlap fraction in [0, 1).")
+        if tile_size == "auto":
+            planned = plan_tile(self.config, x.shape, encode=encode, dtype=x.dtype, device=x.device)
+            return retry_smaller_tiles(
+                lambda tile: self._tiled(run, x, encode, chunks, callback, tile, tile_overlap), planned,
+                frame_size(self.config, x.shape, encode=encode), what="encode" if encode else "decode",
+                device=x.device)
+        if tile_size is not None and (isinstance(tile_size, str) or tile_size < c or not 0.0 <= tile_overlap < 1.0):
+            raise ValueError(f"tile_size = {tile_size!r}, tile_overlap = {tile_overlap}: expected None, 'auto' or a "
+                             f"tile of at least {c} pixels, and an overlap fraction in [0, 1).")
         in_scale, out_scale = (c, 1) if encode else (1, c)
         h, w = x.shape[-2] // in_scale, x.shape[-1] // in_scale
         if tile_size is None or (h <= tile_size // c and w <= tile_size // c):
-            return run(x, _progress(callback, chunks))
+            return run(x, progress_reporter(callback, chunks))
         tile = tile_size // c
         return run_tiled(run, x, in_scale=in_scale, out_scale=out_scale, tile=tile,
                          overlap=min(tile - 1, round(tile * tile_overlap)), chunks=chunks, callback=callback)

@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 
 
 class EasyAnimateDecode:
-    DESCRIPTION = "Decodes EasyAnimate video latents into frames, optionally in spatial tiles to save memory."
+    DESCRIPTION = ("Decodes EasyAnimate video latents into frames, in spatial tiles when whole frames do not fit in "
+                   "free memory (or always, with a tile size).")
     CATEGORY = CATEGORY
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)
@@ -25,13 +26,16 @@ class EasyAnimateDecode:
                 "vae": (VAE, {"tooltip": "From EasyAnimate Model Loader."}),
                 "samples": ("LATENT", {"tooltip": "From EasyAnimate Sampler or EasyAnimate Encode."}),
                 "tile_size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
-                                      "tooltip": "0 decodes whole frames. A pixel size such as 256 or 384 decodes "
-                                                 "overlapping tiles: much less memory for large videos."}),
+                                      "tooltip": "0 = automatic: whole frames when they fit in free memory, "
+                                                 "otherwise the largest tiles that fit; a size at least as large "
+                                                 "as the frame never tiles. A pixel size such as 256 or 384 "
+                                                 "decodes overlapping tiles: much less memory for large videos."}),
             }
         }
 
     def decode(self, vae, samples, tile_size):
         from ..easyanimate_core.generation import decode_latents
+        from ..easyanimate_core.vae_tiling import estimate_bytes
 
         latents = samples["samples"]
         if latents.ndim != 5 or latents.shape[1] != 16:
@@ -44,7 +48,10 @@ class EasyAnimateDecode:
             _comfy.check_interrupt()
 
         with vae.placement.active(vae.vae):
-            frames = decode_latents(vae.vae, latents, tile_size=tile_size or None, callback=on_chunk)
+            if not tile_size:
+                # ComfyUI may free other models' VRAM for whole frames before the planner looks at free memory
+                _comfy.make_room(estimate_bytes(vae.vae.config, latents.shape, encode=False, dtype=vae.vae.dtype))
+            frames = decode_latents(vae.vae, latents, tile_size=tile_size or "auto", callback=on_chunk)
         return (frames.cpu(),)
 
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLMagvit
 
 from easyanimate_core.config import VAEConfig, vae_config_from_dict
-from easyanimate_core.vae import MagvitVAE, Posterior, run_tiled
+from easyanimate_core.vae import MagvitVAE, Posterior
+from easyanimate_core.vae_tiling import run_tiled
 
 ATOL = 1e-5
 
