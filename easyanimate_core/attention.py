@@ -12,7 +12,6 @@ from typing import Literal
 
 import torch
 
-from . import chunking
 
 RopeFormula = Literal["original", "linspace"]
 ROPE_FORMULAS: tuple[str, ...] = ("original", "linspace")
@@ -89,20 +88,3 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     pairs = xf.unflatten(-1, (-1, 2))  # [B, heads, N, head_dim/2, 2]
     rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     return (xf * cos + rotated * sin).to(x.dtype)
-
-
-def rotate_joint(text: torch.Tensor, video: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Text ``[B, heads, L, head_dim]`` followed by the rotated video ``[B, heads, N, head_dim]``: ``[B, heads, L + N,
-    head_dim]``, the joint sequence's queries or keys.
-
-    Without autograd the rotation runs ``chunking.TOKEN_CHUNK`` tokens at a time straight into the joint buffer: its
-    fp32 temporaries are one chunk's instead of 8x the video's bf16 size (the peak of a whole 12B block)."""
-    if torch.is_grad_enabled():
-        return torch.cat([text, apply_rotary(video, cos, sin)], dim=2)
-    n_text, n, step = text.shape[2], video.shape[2], chunking.TOKEN_CHUNK
-    out = video.new_empty((*video.shape[:2], n_text + n, video.shape[3]))
-    out[:, :, :n_text] = text
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        out[:, :, n_text + start:n_text + end] = apply_rotary(video[:, :, start:end], cos[start:end], sin[start:end])
-    return out

@@ -13,21 +13,25 @@ from collections.abc import Callable
 
 import torch
 
-TOKEN_CHUNK = 4096  # tokens per chunk and sample: [2 x 4096, 3072] x [3072, 12288] GEMMs stay efficient
+TOKEN_CHUNK = 2048  # tokens per chunk and sample: [2 x 2048, 3072] x [3072, 12288] GEMMs still fill a GPU
 
 
-def per_token(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
-    """``fn(*xs)`` for an ``fn`` that works on each token (dim 1 of ``[B, N, ...]``) on its own.
+def per_token(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``fn(*xs)`` for an ``fn`` that works on each token (dim 1 of ``[B, N, ...]``) on its own, written into ``out``
+    when given.
 
     Without autograd and for more than ``TOKEN_CHUNK`` tokens, ``fn`` runs on chunks of the token axis and writes
-    into one preallocated output: the peak is the inputs, the output and one chunk's temporaries."""
+    into one output: the peak is the inputs, the output and one chunk's temporaries."""
     n = xs[0].shape[1]
     if torch.is_grad_enabled() or n <= TOKEN_CHUNK:
-        return fn(*xs)
-    first = fn(*(x[:, :TOKEN_CHUNK] for x in xs))
-    out = first.new_empty((first.shape[0], n, *first.shape[2:]))
-    out[:, :TOKEN_CHUNK] = first
-    del first
-    for start in range(TOKEN_CHUNK, n, TOKEN_CHUNK):
-        out[:, start:start + TOKEN_CHUNK] = fn(*(x[:, start:start + TOKEN_CHUNK] for x in xs))
+        if out is None:
+            return fn(*xs)
+        out.copy_(fn(*xs))
+        return out
+    for start in range(0, n, TOKEN_CHUNK):
+        part = fn(*(x[:, start:start + TOKEN_CHUNK] for x in xs))
+        if out is None:
+            out = part.new_empty((part.shape[0], n, *part.shape[2:]))
+        out[:, start:start + TOKEN_CHUNK] = part
+        del part
     return out

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ROPE_FORMULAS, RopeFormula, rotary_embedding_3d, rotate_joint
+from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, rotary_embedding_3d
 from .chunking import per_token
 from .config import TransformerConfig
 from .memory import execution_device
@@ -93,17 +93,15 @@ class AttentionProjections(nn.Module):
         self.norm_q = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
         self.norm_k = ops.LayerNorm(head_dim, eps=1e-6, dtype=dtype, device=device)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(2, (self.heads, -1)).transpose(1, 2)  # [B, N, D] -> [B, heads, N, head_dim]
-
+    # Per token: [B, N, D] -> [B, N, heads, head_dim] (the joint sequence is transposed for attention in one place).
     def q(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm_q(self._heads(self.to_q(x)))
+        return self.norm_q(self.to_q(x).unflatten(2, (self.heads, -1)))
 
     def k(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm_k(self._heads(self.to_k(x)))
+        return self.norm_k(self.to_k(x).unflatten(2, (self.heads, -1)))
 
     def v(self, x: torch.Tensor) -> torch.Tensor:
-        return self._heads(self.to_v(x))
+        return self.to_v(x).unflatten(2, (self.heads, -1))
 
 
 class FeedForward(nn.Module):
@@ -134,46 +132,49 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(dim, 4 * dim, **kw)
         self.txt_ff = FeedForward(dim, 4 * dim, **kw) if is_mmdit else None
 
-    def _joint_qkv(self, video: torch.Tensor, text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """Queries, keys and values of the joint sequence (text first), each [B, heads, L_txt + N, head_dim].
+    @staticmethod
+    def _joint(text_part: torch.Tensor, video: torch.Tensor, project, rope=None) -> torch.Tensor:
+        """``text_part`` [B, L_txt, heads, hd] followed by ``project(video)`` [B, N, heads, hd] (rotated when
+        ``rope`` is given): the joint sequence as [B, heads, L_txt + N, hd], a transposed view of one buffer.
 
-        One at a time, and each stream's projection is dropped once the joint tensor holds it: at most one
-        per-stream copy exists beside the joint ones (the inference peak of a block, see chunking.py)."""
-        cos, sin = rope
-        if self.attn2 is not None:
-            q = rotate_joint(self.attn2.q(text), self.attn1.q(video), cos, sin)
-            k = rotate_joint(self.attn2.k(text), self.attn1.k(video), cos, sin)
-            return q, k, torch.cat([self.attn2.v(text), self.attn1.v(video)], dim=2)
-        n_text, joint = text.shape[1], torch.cat([text, video], dim=1)
-        q = self.attn1.q(joint)
-        q = rotate_joint(q[:, :, :n_text], q[:, :, n_text:], cos, sin)
-        k = self.attn1.k(joint)
-        k = rotate_joint(k[:, :, :n_text], k[:, :, n_text:], cos, sin)
-        return q, k, self.attn1.v(joint)
+        Without autograd the video part is projected and rotated token chunk by token chunk straight into the
+        buffer, so no whole per-stream copy exists beside it (chunking.py)."""
+        if rope is not None:
+            cos, sin = (t[None, :, None] for t in rope)  # [N, hd] -> [1, N, 1, hd]: tokens on dim 1, like video
 
-    def _attention_out(self, out: torch.Tensor, n_text: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint attention output [B, L_txt + N, D] -> the video's and the text's output projections."""
-        if self.attn2 is not None:
-            return self.attn1.to_out[0](out[:, n_text:]), self.attn2.to_out[0](out[:, :n_text])
-        out = self.attn1.to_out[0](out)  # the original projects the text tokens too
-        return out[:, n_text:], out[:, :n_text]
+            def part(x, c, s):
+                return apply_rotary(project(x), c, s)
+
+            args = (video, cos, sin)
+        else:
+            part, args = project, (video,)
+        if torch.is_grad_enabled():
+            return torch.cat([text_part, part(*args)], dim=1).transpose(1, 2)
+        n_text = text_part.shape[1]
+        joint = text_part.new_empty((text_part.shape[0], n_text + video.shape[1], *text_part.shape[2:]))
+        joint[:, :n_text] = text_part
+        per_token(part, *args, out=joint[:, n_text:])
+        return joint.transpose(1, 2)
 
     def forward(self, video, text, temb, rope):
         # Locals live until reassigned: each intermediate is deleted as soon as it is used, which lowers the
-        # inference peak of the block (bench/README.md, "Activation memory").
-        # 1. Joint attention, gated residual per stream.
+        # inference peak of the block (bench/README.md, "Activation memory"). Projections, norms and rotary work
+        # per token, so the text and the video tokens are projected apart; the 7B's non-MMDiT blocks use attn1
+        # and ff for both, as the original does.
+        text_attn = self.attn2 if self.attn2 is not None else self.attn1
+        # 1. Joint attention over [text, video], gated residual per stream.
         v_in, t_in, gate, t_gate = self.norm1(video, text, temb)
         n_text = t_in.shape[1]
-        q, k, v = self._joint_qkv(v_in, t_in, rope)
-        del v_in, t_in
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)  # [B, heads, L_txt + N, hd]
-        del q, k, v
-        v_attn, t_attn = self._attention_out(out.transpose(1, 2).flatten(2), n_text)
+        q = self._joint(text_attn.q(t_in), v_in, self.attn1.q, rope)  # [B, heads, L_txt + N, head_dim]
+        k = self._joint(text_attn.k(t_in), v_in, self.attn1.k, rope)
+        v = self._joint(text_attn.v(t_in), v_in, self.attn1.v)
+        del v_in
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False).transpose(1, 2)
+        del q, k, v  # out: [B, L_txt + N, heads, head_dim]
+        video = per_token(lambda x, o: x + gate * self.attn1.to_out[0](o.flatten(2)), video, out[:, n_text:])
+        text = text + t_gate * text_attn.to_out[0](out[:, :n_text].flatten(2))
         del out
-        video = per_token(lambda x, a: x + gate * a, video, v_attn)
-        text = text + t_gate * t_attn
-        del v_attn, t_attn
-        # 2. Feed-forward, gated residual per stream (the video's in token chunks, see chunking.py).
+        # 2. Feed-forward, gated residual per stream.
         v_in, t_in, gate, t_gate = self.norm2(video, text, temb)
         video = per_token(lambda x, h: x + gate * self.ff(h), video, v_in)
         del v_in
@@ -281,6 +282,7 @@ class EasyAnimateTransformer(nn.Module):
         x = x.transpose(1, 2).flatten(0, 1)  # [B, C, T, h, w] -> [B*T, C, h, w]
         x = self.proj(x)  # [B*T, D, gh, gw]
         video = x.unflatten(0, (b, t)).flatten(3).permute(0, 1, 3, 2).flatten(1, 2)  # -> [B, T*gh*gw, D]
+        del x  # a copy: the patch embedding's output would otherwise stay alive through every block
 
         # 4. Text projection (RMSNorm first in V5.1).
         text = self.text_proj(text_states.to(dtype))  # [B, L, D]
