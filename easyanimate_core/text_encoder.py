@@ -184,7 +184,8 @@ def load_text_encoder(
                                    f"for {wanted[name]}. Download the folder again.")
     convert = None if fp8 is None else lambda group: store_in_fp8(model, fp8, TEXT_ENCODER_KEEP, within=group)
     read_into(model, entries, dtype=dtype, device=device, after_group=convert)
-    logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s on %s",
-                text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype, device)
+    logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s%s on %s",
+                text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype,
+                f" with {fp8} linears" if fp8 else "", device)
     model_root = folder.parent if folder.name == "text_encoder" else folder
     return QwenTextEncoder(model.eval().requires_grad_(False), load_tokenizer(model_root))
