@@ -31,6 +31,18 @@ _DEMO_FOR_MODE = {"t2v": "t2v", "v2v": "t2v", "i2v": "inp", "control": "control"
                   "camera": "camera"}
 
 
+def _block_count(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of blocks (0 or more) or 'auto'")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     from .generation import DEFAULT_NEGATIVE_PROMPT
 
@@ -68,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on a GPU, float32 on the CPU")
     gen.add_argument("--memory-mode", choices=MEMORY_MODES, default="model_cpu_offload",
                      help="where the models wait between uses and how weights are stored (README: which to pick)")
-    gen.add_argument("--blocks-on-gpu", type=int, default=24, help="block_swap: transformer blocks kept on the GPU")
+    gen.add_argument("--blocks-on-gpu", type=_block_count, default=None,
+                     help="block_swap: transformer blocks kept on the GPU (default: as many as fit in free VRAM)")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--output", type=Path, default=Path("outputs/easyanimate.mp4"), help="mp4 path; a PNG of "
                                                                                           "the first frame is "
@@ -150,7 +163,7 @@ def _model_for(mode: str, model_arg: str | None) -> Path | None:
 def generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .generation import decode_latents, prepare_inputs, run_denoise
+    from .generation import decode_latents, denoise_activation_bytes, prepare_inputs, run_denoise
     from .loading import load_scheduler, load_transformer, load_vae
     from .memory import Placement
     from .text_encoder import load_text_encoder
@@ -184,7 +197,8 @@ def generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with placement.active(vae):
         prepared = prepare_inputs(transformer.config, vae, request)
-    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer):
+    working = denoise_activation_bytes(transformer, prepared, prompt, negative)
+    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer, working):
         latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
                               callback=lambda step, total, _: bar.update(1))
     with placement.active(vae):

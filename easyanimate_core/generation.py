@@ -130,6 +130,19 @@ def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: Generatio
     return PreparedInputs(request, noise, conditioning, clean)
 
 
+def _states(prompt: PromptEmbeddings | torch.Tensor) -> torch.Tensor:
+    return prompt.states if isinstance(prompt, PromptEmbeddings) else prompt
+
+
+def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: PreparedInputs,
+                             prompt: PromptEmbeddings | torch.Tensor,
+                             negative: PromptEmbeddings | torch.Tensor | None = None) -> int:
+    """The transformer's activation peak in :func:`run_denoise` (batch 2 with classifier-free guidance), for
+    ``Placement.active(transformer, working_bytes=...)``."""
+    batch = 2 if prepared.request.guidance > 1.0 and negative is not None else 1
+    return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _states(prompt).shape[1])
+
+
 def run_denoise(
     transformer: EasyAnimateTransformer,
     scheduler: FlowMatchEulerScheduler,
@@ -141,13 +154,9 @@ def run_denoise(
 ) -> torch.Tensor:
     """Scaled latents [1, 16, T, h, w]. Only the transformer needs to be on the compute device for this."""
     request = prepared.request
-
-    def states(p):
-        return p.states if isinstance(p, PromptEmbeddings) else p
-
     with torch.inference_mode():
-        return denoise(transformer, scheduler, noise=prepared.noise, text=states(prompt),
-                       negative_text=None if negative is None else states(negative), steps=request.steps,
+        return denoise(transformer, scheduler, noise=prepared.noise, text=_states(prompt),
+                       negative_text=None if negative is None else _states(negative), steps=request.steps,
                        guidance=request.guidance, guidance_rescale=request.guidance_rescale,
                        strength=request.strength, clean_latents=prepared.clean_latents,
                        conditioning=prepared.conditioning, callback=callback)

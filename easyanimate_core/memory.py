@@ -22,13 +22,17 @@ leaves a model on the wrong device or hooked.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 MEMORY_MODES: tuple[str, ...] = ("full", "model_cpu_offload", "model_cpu_offload_and_qfloat8",
                                  "model_cpu_offload_and_fp8_cast", "sequential_cpu_offload", "block_swap")
@@ -36,6 +40,11 @@ FP8_MODES = {"model_cpu_offload_and_qfloat8": "qfloat8", "model_cpu_offload_and_
 # Layers that stay in the model dtype under fp8 (DESIGN.md house style 4): modulation, projections in and out.
 TRANSFORMER_KEEP = ("proj", "proj_out", "time_embedding.*", "text_proj*", "*norm*", "norm_out.*")
 TEXT_ENCODER_KEEP = ("embed_tokens", "*norm*", "rotary_emb")
+# Share of the free memory an estimate may use. Estimates count the tensors PyTorch returns; convolution and GEMM
+# workspaces, the caching allocator's rounding and fragmentation, and tensors of other threads come on top of them,
+# so a fifth of the free memory is left for those.
+MEMORY_MARGIN = 0.8
+_MEMINFO = Path("/proc/meminfo")
 
 
 def execution_device(module: nn.Module) -> torch.device:
@@ -56,6 +65,28 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
 
 def module_bytes(module: nn.Module) -> int:
     return sum(_tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes that tensors on ``device`` can still take, or None where that is unknown (then nothing is planned from it).
+
+    CUDA: the driver's free memory plus what PyTorch's caching allocator holds unused. CPU: ``MemAvailable`` of
+    ``/proc/meminfo`` (Linux).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        lines = _MEMINFO.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024  # the file counts kB
+    return None
 
 
 def _release_freed_host_memory() -> None:
@@ -117,15 +148,15 @@ class Placement:
     mode: str
     compute: torch.device
     offload: torch.device
-    blocks_on_gpu: int = 0
+    blocks_on_gpu: int | None = None  # block_swap: transformer blocks kept on the compute device; None: those that fit
     # Called with the bytes a model needs before it moves to the compute device (ComfyUI frees other models).
     make_room: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MEMORY_MODES:
             raise ValueError(f"memory mode {self.mode!r}: expected one of {MEMORY_MODES}.")
-        if self.blocks_on_gpu < 0:
-            raise ValueError(f"blocks_on_gpu = {self.blocks_on_gpu}: expected 0 or more.")
+        if self.blocks_on_gpu is not None and self.blocks_on_gpu < 0:
+            raise ValueError(f"blocks_on_gpu = {self.blocks_on_gpu}: expected 0 or more, or None for as many as fit.")
 
     @property
     def resting_device(self) -> torch.device:
@@ -136,8 +167,12 @@ class Placement:
         return FP8_MODES.get(self.mode)
 
     @contextmanager
-    def active(self, module: nn.Module) -> Iterator[nn.Module]:
-        """``module`` ready to run on the compute device for the block; afterwards exactly as before."""
+    def active(self, module: nn.Module, working_bytes: int = 0) -> Iterator[nn.Module]:
+        """``module`` ready to run on the compute device for the block; afterwards exactly as before.
+
+        ``working_bytes`` are the activations expected beside the weights (the transformer's:
+        ``EasyAnimateTransformer.activation_bytes``): ComfyUI is asked to free room for them too, and block_swap's
+        automatic block count leaves them free."""
         if self.mode == "full":
             yield module
         elif self.mode == "sequential_cpu_offload":
@@ -146,10 +181,10 @@ class Placement:
         elif self.mode == "block_swap" and _stacked_blocks(module) is not None:
             # The transformer keeps its first blocks_on_gpu blocks; the text encoder, used once, keeps none.
             resident = self.blocks_on_gpu if hasattr(module, "transformer_blocks") else 0
-            with _block_swap(module, _stacked_blocks(module), self.compute, resident, self.make_room):
+            with _block_swap(module, _stacked_blocks(module), self.compute, resident, self.make_room, working_bytes):
                 yield module
         else:
-            with _whole(module, self.compute, self.offload, self.make_room):
+            with _whole(module, self.compute, self.offload, self.make_room, working_bytes):
                 yield module
 
 
@@ -159,9 +194,9 @@ def _empty_cache(device: torch.device) -> None:
 
 
 @contextmanager
-def _whole(module: nn.Module, compute, offload, make_room) -> Iterator[None]:
+def _whole(module: nn.Module, compute, offload, make_room, working_bytes: int) -> Iterator[None]:
     if make_room is not None and compute != offload:
-        make_room(module_bytes(module))
+        make_room(module_bytes(module) + working_bytes)
     try:
         module.to(compute)
         yield
@@ -200,9 +235,29 @@ def _stacked_blocks(module: nn.Module) -> list[nn.Module] | None:
     return list(language_model.layers) if language_model is not None and hasattr(language_model, "layers") else None
 
 
+def _blocks_that_fit(block_bytes: list[int], fixed_bytes: int, compute: torch.device) -> int:
+    """How many of the first blocks fit in :data:`MEMORY_MARGIN` of the free memory of ``compute`` beside
+    ``fixed_bytes`` (the other resident weights and the activations) and two streamed blocks in flight."""
+    free = free_memory(compute)
+    if free is None:
+        return 0
+    budget = MEMORY_MARGIN * free - fixed_bytes
+    if sum(block_bytes) <= budget:
+        count = len(block_bytes)
+    else:
+        budget -= 2 * max(block_bytes)
+        count = next((i for i in range(len(block_bytes)) if sum(block_bytes[:i + 1]) > budget), len(block_bytes))
+    logger.info("block_swap: %d of %d blocks stay on %s (%.2f GiB free, %d%% usable; %.2f GiB for the other weights "
+                "and the activations)", count, len(block_bytes), compute, free / 2**30, round(MEMORY_MARGIN * 100),
+                fixed_bytes / 2**30)
+    return count
+
+
 @contextmanager
-def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_gpu: int, make_room) -> Iterator[None]:
-    """Resident: every tensor outside ``blocks`` and the first ``blocks_on_gpu`` blocks. Streamed: the rest.
+def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_gpu: int | None, make_room,
+                working_bytes: int) -> Iterator[None]:
+    """Resident: every tensor outside ``blocks`` and the first ``blocks_on_gpu`` blocks (None: as many as fit).
+    Streamed: the rest.
 
     No weight is copied back: each parameter keeps its host tensor, pointing at a device copy only while needed. A
     streamed block is fetched on a side CUDA stream while the block before it computes (the last one fetches the
@@ -210,6 +265,15 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
     recorded on the compute stream so the allocator never reuses their memory under a running kernel. Host copies
     of streamed weights are page-locked in place for the duration, so the copies can overlap the compute.
     """
+    block_bytes = [module_bytes(b) for b in blocks]
+    other_bytes = module_bytes(module) - sum(block_bytes)
+    if blocks_on_gpu is None:
+        if make_room is not None:
+            make_room(module_bytes(module) + working_bytes)
+        blocks_on_gpu = _blocks_that_fit(block_bytes, other_bytes + working_bytes, compute)
+    elif make_room is not None:
+        in_flight = 2 * max(block_bytes[blocks_on_gpu:], default=0)
+        make_room(other_bytes + sum(block_bytes[:blocks_on_gpu]) + in_flight + working_bytes)
     streamed = blocks[blocks_on_gpu:]
     streamed_params = {p for block in streamed for p in block.parameters()}
     side = torch.cuda.Stream(compute) if compute.type == "cuda" else None
@@ -247,9 +311,6 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
             p.data = host[p]
         return output
 
-    if make_room is not None:
-        streamed_bytes = [module_bytes(b) for b in streamed]
-        make_room(module_bytes(module) - sum(streamed_bytes) + 2 * max(streamed_bytes, default=0))
     try:
         if side is not None:
             registered += _page_lock([host[p] for p in streamed_params])

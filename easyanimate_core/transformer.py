@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, rotary_embedding_3d
+from . import chunking
 from .chunking import per_token
 from .config import TransformerConfig
 from .memory import execution_device
@@ -227,6 +228,19 @@ class EasyAnimateTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return execution_device(self)
+
+    def activation_bytes(self, latent_shape: tuple[int, ...], text_tokens: int) -> int:
+        """Estimated peak bytes of the activations of one inference forward on latents ``[B, C, T, h, w]`` with
+        ``text_tokens`` text tokens (weights not included).
+
+        5 + 10 x (share of the video tokens in one token chunk) activations of ``[B, N + L, D]``: the real-width
+        count of ``bench/activation_memory.py`` gave 5.1 to 7.2 activations with chunks of 7% to 29% of the video
+        and 15 unchunked, which this formula meets or exceeds by up to 15%."""
+        b, _, t, h, w = latent_shape
+        p = self.config.patch_size
+        tokens = t * (h // p) * (w // p)
+        units = 5 + 10 * min(1.0, chunking.TOKEN_CHUNK / max(tokens, 1))
+        return int(units * b * (tokens + text_tokens) * self.config.inner_dim * self.dtype.itemsize)
 
     def _check_inputs(self, latents, timestep, text_states, extra: list[torch.Tensor]) -> None:
         cfg = self.config

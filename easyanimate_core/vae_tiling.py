@@ -11,12 +11,12 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import torch
 
 from .config import VAEConfig
+from .memory import MEMORY_MARGIN, free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ TileSize = int | Literal["auto"] | None
 # context for the group norms and too many seams.
 TILE_STEP = 64
 MIN_AUTO_TILE = 128
-# Share of the free memory the estimate may use. The estimate counts the tensors PyTorch returns; convolution
-# workspaces (cuDNN picks them per shape), the caching allocator's rounding and fragmentation, and tensors of other
-# threads come on top of it, so a fifth of the free memory is left for them.
-MEMORY_MARGIN = 0.8
-_MEMINFO = Path("/proc/meminfo")
 
 T = TypeVar("T")
 
@@ -246,28 +241,6 @@ def estimate_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, en
     during = accumulator + whole(tile_pixels) + batch * tile_pixels * out * 4 * 2  # a tile's weighted fp32 copy
     end = 2 * accumulator + batch * height * width * out * dtype.itemsize  # the quotient by the weights, its cast
     return round(max(during, end))
-
-
-def free_memory(device: torch.device | str) -> int | None:
-    """Bytes that tensors on ``device`` can still take, or None where that is unknown (then nothing is tiled).
-
-    CUDA: the driver's free memory plus what PyTorch's caching allocator holds unused. CPU: ``MemAvailable`` of
-    ``/proc/meminfo`` (Linux).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type != "cpu":
-        return None
-    try:
-        lines = _MEMINFO.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024  # the file counts kB
-    return None
 
 
 def plan_tile(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode: bool, dtype: torch.dtype,

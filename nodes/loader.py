@@ -40,9 +40,10 @@ class EasyAnimateModelLoader:
                     "weights (half the memory; qfloat8 is scaled and more accurate, fp8_cast matches the official "
                     "fp8 mode). sequential_cpu_offload: layer by layer (least VRAM, slowest). block_swap: the "
                     "first blocks_on_gpu transformer blocks stay, the others stream in.")}),
-                "blocks_on_gpu": ("INT", {"default": 24, "min": 0, "max": 48, "tooltip": (
-                    "block_swap only: transformer blocks kept on the GPU (12B: 48 blocks of ~0.45 GB in bf16; "
-                    "7B: 36). Fewer = less VRAM, slower.")}),
+                "blocks_on_gpu": ("INT", {"default": -1, "min": -1, "max": 48, "tooltip": (
+                    "block_swap only: transformer blocks kept on the GPU (12B: 48 blocks of 0.46 GiB in bf16; "
+                    "7B: 36). -1 = as many as fit in free VRAM beside the activations of the video being sampled. "
+                    "Fewer = less VRAM, slower.")}),
             }
         }
 
@@ -62,7 +63,8 @@ class EasyAnimateModelLoader:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
         # The offload modes park models in system RAM, even when ComfyUI itself runs --gpu-only.
         placement = Placement(memory_mode, _comfy.torch_device(), torch.device("cpu"),
-                              blocks_on_gpu=blocks_on_gpu, make_room=_comfy.make_room)
+                              blocks_on_gpu=None if blocks_on_gpu < 0 else blocks_on_gpu,
+                              make_room=_comfy.make_room)
         device = placement.resting_device
         if device == placement.compute and device.type != "cpu":
             weights = sum(f.stat().st_size for part in ("transformer", "vae", "text_encoder")

@@ -54,7 +54,8 @@ class EasyAnimateSampler:
     def sample(self, model, vae, conditioning, width, height, frames, steps, guidance, seed, denoise_strength,
                **optional):
         from ..easyanimate_core.conditioning import require_variant
-        from ..easyanimate_core.generation import GenerationRequest, prepare_inputs, run_denoise
+        from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
+                                                   run_denoise)
         from ..easyanimate_core.lora import applied
 
         request = GenerationRequest(
@@ -74,7 +75,8 @@ class EasyAnimateSampler:
             _comfy.check_interrupt()
 
         negative = conditioning.negative if guidance > 1.0 else None
-        with model.placement.active(model.transformer) as transformer, applied(transformer, model.loras):
+        working = denoise_activation_bytes(model.transformer, prepared, conditioning.positive, negative)
+        with model.placement.active(model.transformer, working) as transformer, applied(transformer, model.loras):
             latents = run_denoise(transformer, model.scheduler, prepared, conditioning.positive, negative,
                                   callback=on_step)
         return ({"samples": latents.float().cpu()},)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from easyanimate_core import chunking, memory
 from easyanimate_core.demo import demo_transformer_config, write_demo_model
-from easyanimate_core.memory import MEMORY_MODES, TRANSFORMER_KEEP, Fp8CastLinear, Placement, store_in_fp8
+from easyanimate_core.memory import (MEMORY_MODES, TRANSFORMER_KEEP, Fp8CastLinear, Placement, module_bytes,
+                                    store_in_fp8)
 from easyanimate_core.text_encoder import load_text_encoder
 from easyanimate_core.transformer import EasyAnimateTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from benchlib import PeakTracker  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -100,3 +109,57 @@ def test_bad_mode_names_the_choices():
     with pytest.raises(ValueError, match="memory mode 'lowvram'.*block_swap"):
         Placement("lowvram", CPU, CPU)
     assert len(MEMORY_MODES) == 6
+
+
+def _four_block_model():
+    torch.manual_seed(0)
+    config = dataclasses.replace(demo_transformer_config("t2v"), num_layers=4, mmdit_layers=4)
+    return EasyAnimateTransformer(config).eval().requires_grad_(False)
+
+
+def test_model_offload_asks_comfyui_for_room_for_weights_and_activations():
+    model, asked = _model(), []
+    placement = Placement("model_cpu_offload", torch.device("cpu", 0), CPU, make_room=asked.append)  # "another" device
+    with placement.active(model, working_bytes=12345):
+        pass
+    assert asked == [module_bytes(model) + 12345]
+
+
+@pytest.mark.parametrize("fit", [0, 1, 4])  # 2 or 3 resident + 2 in flight would hold all 4
+def test_block_swap_keeps_as_many_blocks_as_fit_beside_the_activations(monkeypatch, fit):
+    model, x = _four_block_model(), _inputs()
+    expected = model(*x)
+    blocks = [module_bytes(b) for b in model.transformer_blocks]
+    fixed = module_bytes(model) - sum(blocks) + 5000  # the other weights and 5000 bytes of activations
+    needed = fixed + (sum(blocks) if fit == 4 else sum(blocks[:fit]) + 2 * max(blocks))
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(needed / memory.MEMORY_MARGIN) + 1)
+    asked = []
+    with Placement("block_swap", CPU, CPU, make_room=asked.append).active(model, working_bytes=5000):
+        streamed = [i for i, block in enumerate(model.transformer_blocks) if block._forward_pre_hooks]
+        torch.testing.assert_close(model(*x), expected, atol=0, rtol=0)
+    assert streamed == list(range(fit, 4))
+    assert asked == [module_bytes(model) + 5000]  # ComfyUI frees room for everything before the count is made
+    assert _hooks(model) == 0
+
+
+def test_block_swap_with_unknown_free_memory_streams_every_block(monkeypatch):
+    model = _four_block_model()
+    monkeypatch.setattr(memory, "free_memory", lambda device: None)
+    with Placement("block_swap", CPU, CPU).active(model):
+        assert all(block._forward_pre_hooks for block in model.transformer_blocks)
+
+
+@pytest.mark.parametrize("chunk", [10**6, 40, 13], ids=["whole", "chunk-40", "chunk-13"])
+def test_activation_estimate_follows_the_counted_peak(monkeypatch, chunk):
+    # benchlib.PeakTracker counts every tensor a forward creates while it is alive; the estimate that sizes
+    # ComfyUI's room and block_swap's block count must follow it (measured 0.98 / 1.06 / 0.98 on this config).
+    monkeypatch.setattr(chunking, "TOKEN_CHUNK", chunk)
+    torch.manual_seed(0)
+    config = dataclasses.replace(demo_transformer_config("t2v"), num_attention_heads=4, attention_head_dim=64)
+    model = EasyAnimateTransformer(config, dtype=torch.bfloat16).eval()
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 16, 3, 16, 24, generator=gen).bfloat16()  # 288 video tokens per sample
+    text, timestep = torch.randn(2, 7, config.text_embed_dim, generator=gen).bfloat16(), torch.tensor([500.0] * 2)
+    with torch.inference_mode(), PeakTracker((*model.parameters(), *model.buffers(), latents, text, timestep)) as t:
+        model(latents, timestep, text)
+    assert 0.85 < model.activation_bytes(tuple(latents.shape), 7) / t.peak < 1.2

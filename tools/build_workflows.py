@@ -27,7 +27,7 @@ class Node:
 
 
 def loader(model: str) -> Node:
-    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY, 24],
+    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY, -1],
                 outputs=[("model", "EASYANIMATE_MODEL"), ("text_encoder", "EASYANIMATE_TEXT_ENCODER"),
                          ("vae", "EASYANIMATE_VAE"), ("info", "STRING")], size=(360, 175))
 
