@@ -125,3 +125,13 @@ def test_memory_modes_from_the_command_line(tmp_path, models, mode, capsys):
     assert main(["generate", *SMALL, "--model", str(models["t2v"]), "--memory-mode", mode, "--blocks-on-gpu", "1",
                  "--output", str(output)]) == 0
     assert read_video(output).shape == (5, 32, 48, 3)
+
+
+def test_blocks_on_gpu_takes_a_count_or_auto(tmp_path, models, capsys):
+    output = tmp_path / "auto.mp4"
+    assert main(["generate", *SMALL, "--model", str(models["t2v"]), "--memory-mode", "block_swap", "--blocks-on-gpu",
+                 "auto", "--output", str(output)]) == 0
+    assert read_video(output).shape == (5, 32, 48, 3)
+    with pytest.raises(SystemExit):
+        main(["generate", *SMALL, "--blocks-on-gpu", "-2"])
+    assert "expected a number of blocks (0 or more) or 'auto'" in capsys.readouterr().err
