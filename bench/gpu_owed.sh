@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU measurements issue 6 still owes (bench/README.md, sections 3 and 4), most important first, for a session
+# that is lent a GPU machine. Each case is one command under `timeout` that writes its log to $OUT (or
+# bench-gpu-logs/); name the cases to run, since one device command may run 10 minutes at most:
+#
+#   bash bench/gpu_owed.sh step_12b fp8_576            # the 1.2 s/step, 1.1x and 16 GB targets (~10 min)
+#   bash bench/gpu_owed.sh swap_12b vae_576            # the 8 GB block-swap and 6 GB VAE targets
+#   bash bench/gpu_owed.sh --list
+#
+# The device image has torch, transformers, accelerate, einops and safetensors but not diffusers or optimum-quanto.
+# Carry them as wheels (device README): here, in the repository root,
+#   echo /.whl/ >> .git/info/exclude
+#   .venv/bin/pip download --no-deps -d .whl diffusers==0.42.1 optimum-quanto==0.2.7 importlib_metadata==10.2.0
+# and start the device command with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+set -u
+out="${OUT:-bench-gpu-logs}"
+limit="${LIMIT:-570}"
+mm="python3 bench/memory_modes.py --device cuda"
+declare -A cases=(
+  [step_12b]="python3 bench/gpu_step.py --config 12b --device cuda --steps 10"
+  [fp8_576]="$mm --config 12b --size 576x1008x49 --steps 10 --modes model_cpu_offload_and_qfloat8,model_cpu_offload_and_fp8_cast"
+  [swap_12b]="$mm --config 12b --size 384x672x25 --steps 10 --modes full,block_swap --blocks-on-gpu 0,8,12"
+  [vae_576]="$mm --config 12b --part vae --size 576x1008x49 --tiles none,512,384,256"
+  [bf16_384]="$mm --config 12b --size 384x672x49 --steps 10 --modes full,model_cpu_offload"
+  [fp8_384]="$mm --config 12b --size 384x672x49 --steps 10 --modes model_cpu_offload_and_qfloat8,model_cpu_offload_and_fp8_cast"
+  [offload_384]="$mm --config 12b --size 384x672x49 --steps 10 --modes sequential_cpu_offload,block_swap --blocks-on-gpu 0,24"
+  [bf16_576]="$mm --config 12b --size 576x1008x49 --steps 10 --modes full,model_cpu_offload,block_swap"
+  [7b_384]="$mm --config 7b --size 384x672x49 --steps 10 --modes full,model_cpu_offload,model_cpu_offload_and_qfloat8"
+  [7b_576]="$mm --config 7b --size 576x1008x49 --steps 10 --modes full,model_cpu_offload_and_qfloat8,block_swap"
+)
+order=(step_12b fp8_576 swap_12b vae_576 bf16_384 fp8_384 offload_384 bf16_576 7b_384 7b_576)
+
+if [ "$#" -eq 0 ] || [ "$1" = "--list" ]; then
+  for name in "${order[@]}"; do echo "$name: ${cases[$name]}"; done
+  exit 0
+fi
+mkdir -p "$out"
+status=0
+for name in "$@"; do
+  if [ -z "${cases[$name]+x}" ]; then
+    echo "unknown case '$name': run bash bench/gpu_owed.sh --list" >&2
+    exit 2
+  fi
+  echo "== $name: ${cases[$name]}"
+  PYTHONUNBUFFERED=1 timeout "$limit" ${cases[$name]} > "$out/$name.log" 2>&1
+  code=$?
+  tail -n 40 "$out/$name.log"
+  [ "$code" -eq 0 ] || { echo "== $name exited $code"; status=1; }
+done
+exit "$status"
