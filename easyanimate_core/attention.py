@@ -1,4 +1,4 @@
-"""Attention kernel and the 3D rotary position embedding of the EasyAnimate MMDiT.
+"""The 3D rotary position embedding of the EasyAnimate MMDiT.
 
 The rotary grid squeezes every resolution into the 45x30 reference canvas the model was trained on ("resize-crop"
 positional interpolation). Two formulas exist in the wild (reference section 15.2): the one the released weights were
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-
 
 RopeFormula = Literal["original", "linspace"]
 ROPE_FORMULAS: tuple[str, ...] = ("original", "linspace")
@@ -83,8 +82,10 @@ def rotary_embedding_3d(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x`` [B, heads, N, head_dim] by the tables [N, head_dim]; math in fp32."""
+    """Rotate adjacent channel pairs of ``x`` (last dim head_dim) by the tables ``cos``/``sin`` broadcast against it
+    (``x`` [B, N, heads, head_dim] with tables [1, N, 1, head_dim] in the transformer, or [B, heads, N, head_dim]
+    with [N, head_dim]); math in fp32."""
     xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))  # [B, heads, N, head_dim/2, 2]
+    pairs = xf.unflatten(-1, (-1, 2))  # [..., head_dim/2, 2]
     rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     return (xf * cos + rotated * sin).to(x.dtype)

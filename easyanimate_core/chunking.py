@@ -9,21 +9,40 @@ runs whole tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 TOKEN_CHUNK = 2048  # tokens per chunk and sample: [2 x 2048, 3072] x [3072, 12288] GEMMs still fill a GPU
+_whole_depth = 0  # > 0 inside whole_tensors()
+
+
+@contextmanager
+def whole_tensors() -> Iterator[None]:
+    """No chunking inside the block: for sequential CPU offload, whose hooks copy a layer's weights to the device at
+    every call, so chunks would copy them once per chunk."""
+    global _whole_depth
+    _whole_depth += 1
+    try:
+        yield
+    finally:
+        _whole_depth -= 1
+
+
+def chunked() -> bool:
+    """Whether per-token work runs in chunks now: without autograd, outside :func:`whole_tensors`."""
+    return not torch.is_grad_enabled() and _whole_depth == 0
 
 
 def per_token(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``fn(*xs)`` for an ``fn`` that works on each token (dim 1 of ``[B, N, ...]``) on its own, written into ``out``
     when given.
 
-    Without autograd and for more than ``TOKEN_CHUNK`` tokens, ``fn`` runs on chunks of the token axis and writes
+    When :func:`chunked` and for more than ``TOKEN_CHUNK`` tokens, ``fn`` runs on chunks of the token axis and writes
     into one output: the peak is the inputs, the output and one chunk's temporaries."""
     n = xs[0].shape[1]
-    if torch.is_grad_enabled() or n <= TOKEN_CHUNK:
+    if not chunked() or n <= TOKEN_CHUNK:
         if out is None:
             return fn(*xs)
         out.copy_(fn(*xs))

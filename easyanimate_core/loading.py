@@ -20,7 +20,7 @@ from torch import nn
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
-from .memory import TRANSFORMER_KEEP, store_in_fp8
+from .memory import TRANSFORMER_KEEP, check_fp8_kind, store_in_fp8
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -196,9 +196,9 @@ def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, devic
     for key in entries:
         groups.setdefault(_group(key), []).append(key)
     for name in sorted(groups, key=lambda g: g == ""):  # the rest last: it may convert whatever is left
-        key_of = {(entries[k].file, entries[k].begin): k for k in groups[name]}
+        key_of = {id(entries[k]): k for k in groups[name]}  # read_tensors yields the very entries it is given
         for entry, tensor in read_tensors([entries[k] for k in groups[name]], dtype=dtype, device=device):
-            _assign(model, key_of[entry.file, entry.begin], tensor)
+            _assign(model, key_of[id(entry)], tensor)
         if after_group is not None:
             after_group(name)
 
@@ -215,6 +215,7 @@ def load_transformer(
 
     ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each block converted as
     soon as it is read: the host peak is the fp8 model plus one block, not the whole model in ``dtype``."""
+    check_fp8_kind(fp8)
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
     raw = read_config_json(config_path)

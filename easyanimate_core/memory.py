@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import whole_tensors
+
 logger = logging.getLogger(__name__)
 
 MEMORY_MODES: tuple[str, ...] = ("full", "model_cpu_offload", "model_cpu_offload_and_qfloat8",
@@ -120,13 +122,18 @@ def _fp8_targets(module: nn.Module, keep: tuple[str, ...], within: str) -> list[
             if type(layer) is nn.Linear and name.startswith(prefix) and not _kept(name, keep)]
 
 
+def check_fp8_kind(kind: str | None) -> None:
+    """Refuse an fp8 storage kind other than None, "qfloat8" or "fp8_cast" (before any weight is read)."""
+    if kind not in (None, "qfloat8", "fp8_cast"):
+        raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast' (or None for the model dtype).")
+
+
 def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...], *, within: str = "") -> nn.Module:
     """Store ``module``'s linear weights in fp8 in place (``kind`` = "qfloat8" or "fp8_cast"), except ``keep``.
 
     ``keep`` holds fnmatch patterns of full module names. ``within`` limits the conversion to one submodule, so a
     loader can convert each block as soon as it is read (``loading.load_transformer(fp8=...)``)."""
-    if kind not in ("qfloat8", "fp8_cast"):
-        raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast'.")
+    check_fp8_kind(kind)
     targets = _fp8_targets(module, keep, within)
     if kind == "qfloat8" and targets:
         from optimum.quanto import freeze, qfloat8, quantize
@@ -219,7 +226,8 @@ def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
              for name, tensor in named]
     try:
         cpu_offload(module, execution_device=compute)
-        yield
+        with whole_tensors():  # the hooks copy each layer's weights per call: chunks would copy them per chunk
+            yield
     finally:
         remove_hook_from_submodules(module)
         for owner, attr, kind, tensor in saved:
@@ -328,6 +336,7 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
             handle.remove()
         if side is not None:
             current.wait_stream(side)
+            side.synchronize()  # the last prefetch may still read page-locked host memory that is unlocked below
         for t, data in host.items():
             t.data = data
         for pointer in registered:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .loading import ModelFormatError, read_into, resolve_component
-from .memory import TEXT_ENCODER_KEEP, execution_device, store_in_fp8
+from .memory import TEXT_ENCODER_KEEP, check_fp8_kind, execution_device, store_in_fp8
 from .safetensors_io import read_header
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def load_text_encoder(
                           f"transformers >= 4.53: run pip install -U 'transformers>=4.53' in ComfyUI's Python."
                           ) from exc
 
+    check_fp8_kind(fp8)
     folder = resolve_component(path, "text_encoder")
     text_config = _language_model_config(folder)
     with torch.device("meta"):

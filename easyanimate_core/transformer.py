@@ -149,7 +149,7 @@ class DiTBlock(nn.Module):
             args = (video, cos, sin)
         else:
             part, args = project, (video,)
-        if torch.is_grad_enabled():
+        if not chunking.chunked():
             return torch.cat([text_part, part(*args)], dim=1).transpose(1, 2)
         n_text = text_part.shape[1]
         joint = text_part.new_empty((text_part.shape[0], n_text + video.shape[1], *text_part.shape[2:]))

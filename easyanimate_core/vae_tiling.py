@@ -34,7 +34,11 @@ MIN_AUTO_TILE = 128
 T = TypeVar("T")
 
 
-class VAEOutOfMemoryError(torch.OutOfMemoryError):
+# torch.OutOfMemoryError exists from torch 2.5; ComfyUI installs may have older ones with only the CUDA one.
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class VAEOutOfMemoryError(OutOfMemoryError):
     """An automatic encode or decode that ran out of memory even with the smallest tiles."""
 
 
@@ -287,7 +291,7 @@ def retry_smaller_tiles(attempt: Callable[[int | None], T], planned: int | None,
     while True:
         try:
             return attempt(tile)
-        except torch.OutOfMemoryError as exc:
+        except OutOfMemoryError as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
         _release(device)
         tried = tile or max(frame)

@@ -96,6 +96,12 @@ def test_at_most_one_block_is_held_in_the_load_dtype(demo, monkeypatch, kind):
     assert reads == [[]] * len(reads)  # no plain (unconverted) linear weight loaded before any read
 
 
-def test_unknown_fp8_kind_is_refused_before_anything_is_read(demo):
+def test_unknown_fp8_kind_is_refused_before_anything_is_read(demo, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a weight was read before the fp8 kind was checked")
+
+    monkeypatch.setattr(loading, "read_tensors", no_reading)
     with pytest.raises(ValueError, match="fp8 kind 'int4'"):
         load_transformer(demo, fp8="int4")
+    with pytest.raises(ValueError, match="fp8 kind 'int4'"):
+        load_text_encoder(demo, fp8="int4")

@@ -163,3 +163,19 @@ def test_activation_estimate_follows_the_counted_peak(monkeypatch, chunk):
     with torch.inference_mode(), PeakTracker((*model.parameters(), *model.buffers(), latents, text, timestep)) as t:
         model(latents, timestep, text)
     assert 0.85 < model.activation_bytes(tuple(latents.shape), 7) / t.peak < 1.2
+
+
+def test_sequential_offload_runs_whole_tensors_so_each_layer_is_fetched_once(monkeypatch):
+    # accelerate's hooks copy a layer's weights at every call: token chunks would copy them once per chunk.
+    monkeypatch.setattr(chunking, "TOKEN_CHUNK", 5)  # 48 video tokens: 10 chunks
+    model, x = _model(), _inputs()
+    calls = []
+    model.transformer_blocks[0].ff.net[2].register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        expected = model(*x)
+        chunked_calls = len(calls)
+        with Placement("sequential_cpu_offload", CPU, CPU).active(model):
+            calls.clear()
+            torch.testing.assert_close(model(*x), expected, atol=1e-5, rtol=1e-5)
+        assert chunking.chunked()  # back to chunks after the mode
+    assert chunked_calls == 10 and len(calls) == 1
