@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -146,7 +146,7 @@ def _headers(files: list[Path]) -> list[TensorEntry]:
 
 
 def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, dtype, device,
-               after_group: Callable[[str], None] | None = None) -> None:
+               fp8: str | None = None, keep: tuple[str, ...] = ()) -> None:
     """Check names and shapes against ``model`` (on meta), then read every tensor into place (:func:`read_into`)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(entries))
@@ -166,7 +166,7 @@ def _load_into(model: nn.Module, entries: dict[str, TensorEntry], folder: Path, 
             + ". The weight files and config.json come from different models, or a download is incomplete: "
             "download the folder again."
         )
-    read_into(model, entries, dtype=dtype, device=device, after_group=after_group)
+    read_into(model, entries, dtype=dtype, device=device, fp8=fp8, keep=keep)
 
 
 def _group(key: str) -> str:
@@ -184,23 +184,24 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
         owner._buffers[attr] = tensor
 
 
-def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, device,
-              after_group: Callable[[str], None] | None = None) -> None:
+def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, device, fp8: str | None = None,
+              keep: tuple[str, ...] = ()) -> None:
     """Read every tensor of ``entries`` (model key -> file entry) into ``model``, built on meta, replacing its meta
     tensors.
 
-    Tensors are read block by block (every numbered block, then the rest, named ""), and ``after_group(name)`` runs
-    once a group is in place: a conversion there (fp8 storage) holds only one block in the loaded dtype at a time.
+    Tensors are read block by block (every numbered block, then the rest). With ``fp8`` ("qfloat8" or "fp8_cast",
+    see :func:`.memory.store_in_fp8`; ``keep`` names the layers that stay in ``dtype``) each group is converted as
+    soon as it is in place, so only one block is ever held in ``dtype``.
     """
     groups: dict[str, list[str]] = {}
     for key in entries:
         groups.setdefault(_group(key), []).append(key)
-    for name in sorted(groups, key=lambda g: g == ""):  # the rest last: it may convert whatever is left
+    for name in sorted(groups, key=lambda g: g == ""):  # the rest last: it converts whatever is left
         key_of = {id(entries[k]): k for k in groups[name]}  # read_tensors yields the very entries it is given
         for entry, tensor in read_tensors([entries[k] for k in groups[name]], dtype=dtype, device=device):
             _assign(model, key_of[id(entry)], tensor)
-        if after_group is not None:
-            after_group(name)
+        if fp8 is not None:
+            store_in_fp8(model, fp8, keep, within=name)
 
 
 def load_transformer(
@@ -227,8 +228,7 @@ def load_transformer(
     entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
     with torch.device("meta"):
         model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula)
-    convert = None if fp8 is None else lambda group: store_in_fp8(model, fp8, TRANSFORMER_KEEP, within=group)
-    _load_into(model, entries, folder, dtype, device, after_group=convert)
+    _load_into(model, entries, folder, dtype, device, fp8=fp8, keep=TRANSFORMER_KEEP)
     logger.info("Loaded %s from %s (%s layout, %d files) as %s%s on %s", config.variant_description, folder,
                 layout, len(files), dtype, f" with {fp8} linears" if fp8 else "", device)
     return model.eval().requires_grad_(False)

@@ -22,6 +22,8 @@ leaves a model on the wrong device or hooked.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,14 +93,21 @@ def free_memory(device: torch.device | str) -> int | None:
     return None
 
 
-def _release_freed_host_memory() -> None:
-    """Hand memory freed by a conversion back to the system: glibc otherwise keeps the old bf16 weights' pages."""
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None without glibc (looked up once: ``find_library`` runs ``ldconfig``)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if name and hasattr(ctypes.CDLL(name), "malloc_trim"):
-        ctypes.CDLL(name).malloc_trim(0)
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+def _release_freed_host_memory() -> None:
+    """Hand memory freed by a conversion back to the system: glibc otherwise keeps the old bf16 weights' pages."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class Fp8CastLinear(nn.Linear):
@@ -117,9 +126,9 @@ def _fp8_targets(module: nn.Module, keep: tuple[str, ...], within: str) -> list[
     """Names of the plain Linears of ``module`` under ``within`` (a submodule name; "" = all) not matched by ``keep``.
 
     Linears already converted (quanto's QLinear, Fp8CastLinear) are subclasses, so a second call skips them."""
-    prefix = f"{within}." if within else ""
-    return [name for name, layer in module.named_modules()
-            if type(layer) is nn.Linear and name.startswith(prefix) and not _kept(name, keep)]
+    scope = module.get_submodule(within) if within else module
+    return [name for name, layer in scope.named_modules(prefix=within)
+            if type(layer) is nn.Linear and not _kept(name, keep)]
 
 
 def check_fp8_kind(kind: str | None) -> None:
@@ -254,7 +263,7 @@ def _blocks_that_fit(block_bytes: list[int], fixed_bytes: int, compute: torch.de
         count = len(block_bytes)
     else:
         budget -= 2 * max(block_bytes)
-        count = next((i for i in range(len(block_bytes)) if sum(block_bytes[:i + 1]) > budget), len(block_bytes))
+        count = next((i for i, total in enumerate(itertools.accumulate(block_bytes)) if total > budget), len(block_bytes))
     logger.info("block_swap: %d of %d blocks stay on %s (%.2f GiB free, %d%% usable; %.2f GiB for the other weights "
                 "and the activations)", count, len(block_bytes), compute, free / 2**30, round(MEMORY_MARGIN * 100),
                 fixed_bytes / 2**30)

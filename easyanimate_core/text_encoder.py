@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .loading import ModelFormatError, read_into, resolve_component
-from .memory import TEXT_ENCODER_KEEP, check_fp8_kind, execution_device, store_in_fp8
+from .memory import TEXT_ENCODER_KEEP, check_fp8_kind, execution_device
 from .safetensors_io import read_header
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ def load_text_encoder(
         if entry.shape != wanted[name]:
             raise ModelFormatError(f"{entry.file}: tensor '{entry.name}' has shape {entry.shape}, the config asks "
                                    f"for {wanted[name]}. Download the folder again.")
-    convert = None if fp8 is None else lambda group: store_in_fp8(model, fp8, TEXT_ENCODER_KEEP, within=group)
-    read_into(model, entries, dtype=dtype, device=device, after_group=convert)
+    read_into(model, entries, dtype=dtype, device=device, fp8=fp8, keep=TEXT_ENCODER_KEEP)
     logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s%s on %s",
                 text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype,
                 f" with {fp8} linears" if fp8 else "", device)
