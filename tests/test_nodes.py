@@ -5,11 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import types
 
 import pytest
 import torch
 from conftest import load_pack
+from fake_comfy import Interrupted as _Interrupted
+from fake_comfy import install_fake_comfy
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS
@@ -115,46 +116,23 @@ def test_a_mode_the_model_cannot_do_is_refused_before_any_work(no_comfy):
         _graph("demo-control", {"camera": pan})
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.fixture()
 def fake_comfy(monkeypatch, models_dir, tmp_path):
     """Small stand-ins for the ComfyUI modules _comfy.py uses, recording what the nodes do with them."""
     record = {"progress": [], "freed": [], "interrupt_at": None, "checks": 0}
-    comfy = types.ModuleType("comfy")
-    utils = types.ModuleType("comfy.utils")
-    mm = types.ModuleType("comfy.model_management")
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            record["progress"].append((value, total, preview is not None))
 
     def check():
         record["checks"] += 1
         if record["interrupt_at"] is not None and record["checks"] >= record["interrupt_at"]:
             raise _Interrupted("Processing interrupted")
 
-    utils.ProgressBar = ProgressBar
-    mm.throw_exception_if_processing_interrupted = check
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.free_memory = lambda size, device, keep_loaded=(): record["freed"].append(size)
-    comfy.utils, comfy.model_management = utils, mm
-    folder_paths = types.ModuleType("folder_paths")
-    folder_paths.models_dir = str(tmp_path)
     paths = {"EasyAnimate": [str(models_dir)], "loras": [str(tmp_path / "loras")]}
-    folder_paths.get_folder_paths = lambda name: list(paths[name])
-    folder_paths.add_model_folder_path = lambda name, path, is_default=False: paths.setdefault(name, []).append(path)
-    folder_paths.get_filename_list = lambda name: sorted(p.name for p in (tmp_path / name).glob("*.safetensors"))
-    folder_paths.get_full_path = lambda name, file: str(tmp_path / name / file)
-    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm),
-                         ("folder_paths", folder_paths)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delenv("EASYANIMATE_MODELS_DIR", raising=False)
+    install_fake_comfy(
+        monkeypatch, on_progress=lambda *update: record["progress"].append(update), on_check=check,
+        freed=record["freed"], models_dir=str(tmp_path), get_folder_paths=lambda name: list(paths[name]),
+        add_model_folder_path=lambda name, path, is_default=False: paths.setdefault(name, []).append(path),
+        get_filename_list=lambda name: sorted(p.name for p in (tmp_path / name).glob("*.safetensors")),
+        get_full_path=lambda name, file: str(tmp_path / name / file))
     (tmp_path / "loras").mkdir()
     return record
 

@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from easyanimate_core import FlowMatchEulerScheduler
+from easyanimate_core.demo import SCHEDULER_CONFIG as V51_SCHEDULER_CONFIG
 
-V51_SCHEDULER_CONFIG = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-}
 
 
 def _diffusers(steps):

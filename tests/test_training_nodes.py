@@ -4,12 +4,12 @@ progress bar, Cancel stopping it, and the trained LoRA loaded by path."""
 from __future__ import annotations
 
 import subprocess
-import sys
-import types
 
 import pytest
 import torch
 from conftest import load_pack
+from fake_comfy import Interrupted as _Interrupted
+from fake_comfy import install_fake_comfy
 from test_training import BAD_ENTRIES, write_dataset
 
 from easyanimate_core.demo import write_demo_model
@@ -20,10 +20,6 @@ TRAIN_INPUTS = dict(output_dir="", name="stripes", steps=3, rank=4, alpha=4.0, l
                     gradient_accumulation=1, video_size=40, image_size=40, frames=5, mixed_precision="no",
                     gradient_checkpointing=False, fp8_base=False, checkpoint_every=2, seed=3, resume=False,
                     validation_prompts="")
-
-
-class _Interrupted(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +44,15 @@ def runs(tmp_path_factory):
 def comfy(monkeypatch, models_dir, runs):
     """Stand-ins for the ComfyUI modules nodes/_comfy.py uses; records progress, freed memory and interrupt checks."""
     record = {"progress": [], "freed": [], "interrupt_after_step": None}
-    comfy_module, utils, mm = (types.ModuleType(n) for n in ("comfy", "comfy.utils", "comfy.model_management"))
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            record["progress"].append((value, total))
 
     def check():
         limit = record["interrupt_after_step"]
         if limit is not None and record["progress"] and record["progress"][-1][0] >= limit:
             raise _Interrupted("Processing interrupted")
 
-    utils.ProgressBar = ProgressBar
-    mm.throw_exception_if_processing_interrupted = check
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.free_memory = lambda size, device, keep_loaded=(): record["freed"].append(size)
-    comfy_module.utils, comfy_module.model_management = utils, mm
-    folder_paths = types.ModuleType("folder_paths")
-    folder_paths.get_folder_paths = lambda name: [str(models_dir)]
-    folder_paths.get_output_directory = lambda: str(runs.parent)
-    for name, module in (("comfy", comfy_module), ("comfy.utils", utils), ("comfy.model_management", mm),
-                         ("folder_paths", folder_paths)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delenv("EASYANIMATE_MODELS_DIR", raising=False)
+    install_fake_comfy(monkeypatch, on_progress=lambda value, total, _: record["progress"].append((value, total)),
+                       on_check=check, freed=record["freed"], get_folder_paths=lambda name: [str(models_dir)],
+                       get_output_directory=lambda: str(runs.parent))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: one thread is fastest (see test_training.py)
     return record
 
