@@ -23,7 +23,7 @@ from .conditioning import (
 )
 from .config import TransformerConfig
 from .memory import execution_device
-from .sampling import Conditioning, StepCallback, denoise, initial_noise
+from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
 from .scheduler import FlowMatchEulerScheduler
 from .text_encoder import PromptEmbeddings
 from .trajectory import Trajectory, render_trajectory_video
@@ -139,7 +139,7 @@ def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: Prep
                              negative: PromptEmbeddings | torch.Tensor | None = None) -> int:
     """The transformer's activation peak in :func:`run_denoise` (batch 2 with classifier-free guidance), for
     ``Placement.active(transformer, working_bytes=...)``."""
-    batch = 2 if prepared.request.guidance > 1.0 and negative is not None else 1
+    batch = 2 if uses_guidance(prepared.request.guidance, negative) else 1
     return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _states(prompt).shape[1])
 
 

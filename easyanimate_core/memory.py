@@ -283,10 +283,11 @@ def _block_swap(module: nn.Module, blocks: list[nn.Module], compute, blocks_on_g
     of streamed weights are page-locked in place for the duration, so the copies can overlap the compute.
     """
     block_bytes = [module_bytes(b) for b in blocks]
-    other_bytes = module_bytes(module) - sum(block_bytes)
+    total_bytes = module_bytes(module)
+    other_bytes = total_bytes - sum(block_bytes)
     if blocks_on_gpu is None:
         if make_room is not None:
-            make_room(module_bytes(module) + working_bytes)
+            make_room(total_bytes + working_bytes)
         blocks_on_gpu = _blocks_that_fit(block_bytes, other_bytes + working_bytes, compute)
     elif make_room is not None:
         in_flight = 2 * max(block_bytes[blocks_on_gpu:], default=0)

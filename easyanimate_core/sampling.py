@@ -47,6 +47,11 @@ def rescale_guidance(guided: torch.Tensor, positive: torch.Tensor, amount: float
     return amount * rescaled + (1.0 - amount) * guided
 
 
+def uses_guidance(guidance: float, negative_text: object | None) -> bool:
+    """Whether :func:`denoise` runs the unconditional pass beside the conditional one (a batch of 2 per step)."""
+    return guidance > 1.0 and negative_text is not None
+
+
 def denoise(
     transformer: torch.nn.Module,
     scheduler: FlowMatchEulerScheduler,
@@ -69,7 +74,7 @@ def denoise(
     (video-to-video).
     """
     dtype, device = transformer.dtype, transformer.device
-    use_cfg = guidance > 1.0 and negative_text is not None
+    use_cfg = uses_guidance(guidance, negative_text)
     if strength < 1.0 and clean_latents is None:
         raise ValueError(f"strength = {strength} needs the clean latents of an input video (clean_latents).")
     if clean_latents is not None and clean_latents.shape != noise.shape:
