@@ -54,7 +54,7 @@ from easyanimate_core import (
     TransformerConfig,
     convert_transformer_state_dict,
 )
-from easyanimate_core.memory import MEMORY_MODES, TRANSFORMER_KEEP, Placement, store_in_fp8
+from easyanimate_core.memory import MEMORY_MODES, Placement, store_in_fp8
 from easyanimate_core.sampling import Conditioning, denoise
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -172,7 +172,7 @@ def _ours(job: dict, config: TransformerConfig, dtype: torch.dtype, placement: P
         del theirs  # it shares our tensors; dropped before ours moves, so the device copy can go
         model.to(placement.resting_device)
         if placement.fp8:
-            store_in_fp8(model, placement.fp8, TRANSFORMER_KEEP)
+            store_in_fp8(model, placement.fp8)
     return model, model, lambda: placement.active(model)
 
 
@@ -206,7 +206,7 @@ def _diffusers(job: dict, config: TransformerConfig, dtype: torch.dtype, placeme
         if mode == "model_cpu_offload_and_qfloat8":
             from optimum.quanto import freeze, qfloat8, quantize
 
-            quantize(model, weights=qfloat8, exclude=list(TRANSFORMER_KEEP))
+            quantize(model, weights=qfloat8, exclude=list(EasyAnimateTransformer.HIGH_PRECISION))
             freeze(model)
         elif mode == "model_cpu_offload_and_fp8_cast":
             model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)

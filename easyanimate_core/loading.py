@@ -20,7 +20,7 @@ from torch import nn
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
-from .memory import TRANSFORMER_KEEP, check_fp8_kind, store_in_fp8
+from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -176,9 +176,14 @@ def _group(key: str) -> str:
 
 
 def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of the meta tensor ``key``, in the dtype that tensor was built with when that is a
+    storage dtype of its own (fp8 weights chosen at build time)."""
     owner_name, _, attr = key.rpartition(".")
     owner = model.get_submodule(owner_name)
     if attr in owner._parameters:
+        built = owner._parameters[attr]
+        if built is not None and built.dtype in FP8_DTYPES:
+            tensor = tensor.to(built.dtype)
         owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
     else:
         owner._buffers[attr] = tensor
@@ -187,10 +192,10 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
 def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, device, fp8: str | None = None,
               keep: tuple[str, ...] = ()) -> None:
     """Read every tensor of ``entries`` (model key -> file entry) into ``model``, built on meta, replacing its meta
-    tensors.
+    tensors; weights built in fp8 are stored in fp8 as they are read.
 
-    Tensors are read block by block (every numbered block, then the rest). With ``fp8`` ("qfloat8" or "fp8_cast",
-    see :func:`.memory.store_in_fp8`; ``keep`` names the layers that stay in ``dtype``) each group is converted as
+    Tensors are read block by block (every numbered block, then the rest). With ``fp8="qfloat8"`` (see
+    :func:`.memory.store_in_fp8`; ``keep`` names the layers that stay in ``dtype``) each group is quantized as
     soon as it is in place, so only one block is ever held in ``dtype``.
     """
     groups: dict[str, list[str]] = {}
@@ -200,7 +205,7 @@ def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, devic
         key_of = {id(entries[k]): k for k in groups[name]}  # read_tensors yields the very entries it is given
         for entry, tensor in read_tensors([entries[k] for k in groups[name]], dtype=dtype, device=device):
             _assign(model, key_of[id(entry)], tensor)
-        if fp8 is not None:
+        if fp8 == "qfloat8":
             store_in_fp8(model, fp8, keep, within=name)
 
 
@@ -214,8 +219,9 @@ def load_transformer(
 ) -> EasyAnimateTransformer:
     """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout.
 
-    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each block converted as
-    soon as it is read: the host peak is the fp8 model plus one block, not the whole model in ``dtype``."""
+    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8: fp8_cast builds them in
+    float8_e4m3fn, qfloat8 quantizes each block as soon as it is read. Either way the host peak is the fp8 model
+    plus one block, not the whole model in ``dtype``."""
     check_fp8_kind(fp8)
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
@@ -227,8 +233,9 @@ def load_transformer(
     config = transformer_config_from_dict(raw, layout, source=str(config_path))
     entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
     with torch.device("meta"):
-        model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula)
-    _load_into(model, entries, folder, dtype, device, fp8=fp8, keep=TRANSFORMER_KEEP)
+        model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula,
+                                       weight_dtype=torch.float8_e4m3fn if fp8 == "fp8_cast" else None)
+    _load_into(model, entries, folder, dtype, device, fp8=fp8, keep=model.HIGH_PRECISION)
     logger.info("Loaded %s from %s (%s layout, %d files) as %s%s on %s", config.variant_description, folder,
                 layout, len(files), dtype, f" with {fp8} linears" if fp8 else "", device)
     return model.eval().requires_grad_(False)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .chunking import whole_tensors
@@ -41,14 +40,12 @@ logger = logging.getLogger(__name__)
 MEMORY_MODES: tuple[str, ...] = ("full", "model_cpu_offload", "model_cpu_offload_and_qfloat8",
                                  "model_cpu_offload_and_fp8_cast", "sequential_cpu_offload", "block_swap")
 FP8_MODES = {"model_cpu_offload_and_qfloat8": "qfloat8", "model_cpu_offload_and_fp8_cast": "fp8_cast"}
-# Layers that stay in the model dtype under fp8 (DESIGN.md house style 4): modulation, projections in and out.
-TRANSFORMER_KEEP = ("proj", "proj_out", "time_embedding.*", "text_proj*", "*norm*", "norm_out.*")
-TEXT_ENCODER_KEEP = ("embed_tokens", "*norm*", "rotary_emb")
 # Share of the free memory an estimate may use. Estimates count the tensors PyTorch returns; convolution and GEMM
 # workspaces, the caching allocator's rounding and fragmentation, and tensors of other threads come on top of them,
 # so a fifth of the free memory is left for those.
 MEMORY_MARGIN = 0.8
 _MEMINFO = Path("/proc/meminfo")
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def execution_device(module: nn.Module) -> torch.device:
@@ -110,25 +107,29 @@ def _release_freed_host_memory() -> None:
         trim(0)
 
 
-class Fp8CastLinear(nn.Linear):
-    """A Linear whose weight is stored as float8_e4m3fn and cast to the input dtype for each call."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
-
-
 def _kept(name: str, keep: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in keep)
 
 
-def _fp8_targets(module: nn.Module, keep: tuple[str, ...], within: str) -> list[str]:
-    """Names of the plain Linears of ``module`` under ``within`` (a submodule name; "" = all) not matched by ``keep``.
-
-    Linears already converted (quanto's QLinear, Fp8CastLinear) are subclasses, so a second call skips them."""
+def fp8_targets(module: nn.Module, keep: tuple[str, ...], within: str = "") -> list[str]:
+    """Names of the Linears of ``module`` under ``within`` (a submodule name; "" = all) not matched by ``keep`` and
+    not stored in fp8 yet (quanto's QLinear holds a ``weight_qtype``, fp8_cast an fp8 weight), so a second call
+    skips them. Works on any layer namespace's Linears, ComfyUI's included (they subclass ``nn.Linear``)."""
     scope = module.get_submodule(within) if within else module
     return [name for name, layer in scope.named_modules(prefix=within)
-            if type(layer) is nn.Linear and not _kept(name, keep)]
+            if isinstance(layer, nn.Linear) and not hasattr(layer, "weight_qtype")
+            and layer.weight.dtype not in FP8_DTYPES and not _kept(name, keep)]
+
+
+def store_weights_in(module: nn.Module, dtype: torch.dtype, keep: tuple[str, ...], within: str = "") -> None:
+    """Give the Linears :func:`fp8_targets` names a weight of ``dtype`` (their bias keeps its dtype). On a model
+    still being built (on meta, before its weights are read) this is the storage choice of fp8_cast."""
+    for name in fp8_targets(module, keep, within):
+        layer = module.get_submodule(name)
+        if type(layer) is nn.Linear:
+            raise TypeError(f"{name} is a torch.nn.Linear, which computes in its weight's dtype: build the model with "
+                            f"the layer namespace's Linear (ops.adopt_linears) before storing it in {dtype}.")
+        layer.weight = nn.Parameter(layer.weight.detach().to(dtype), requires_grad=False)
 
 
 def check_fp8_kind(kind: str | None) -> None:
@@ -137,24 +138,23 @@ def check_fp8_kind(kind: str | None) -> None:
         raise ValueError(f"fp8 kind {kind!r}: expected 'qfloat8' or 'fp8_cast' (or None for the model dtype).")
 
 
-def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...], *, within: str = "") -> nn.Module:
+def store_in_fp8(module: nn.Module, kind: str, keep: tuple[str, ...] | None = None, *, within: str = "") -> nn.Module:
     """Store ``module``'s linear weights in fp8 in place (``kind`` = "qfloat8" or "fp8_cast"), except ``keep``.
 
-    ``keep`` holds fnmatch patterns of full module names. ``within`` limits the conversion to one submodule, so a
-    loader can convert each block as soon as it is read (``loading.load_transformer(fp8=...)``)."""
+    ``keep`` holds fnmatch patterns of full module names; by default the model's own ``HIGH_PRECISION``. fp8_cast
+    only changes the weights' dtype: the namespace's Linear (``ops.Linear``) computes in its input's dtype.
+    ``within`` limits the conversion to one submodule, so a loader can convert each block as soon as it is read
+    (``loading.load_transformer(fp8=...)``)."""
     check_fp8_kind(kind)
-    targets = _fp8_targets(module, keep, within)
-    if kind == "qfloat8" and targets:
+    keep = module.HIGH_PRECISION if keep is None else keep
+    if kind == "fp8_cast":
+        store_weights_in(module, torch.float8_e4m3fn, keep, within)
+    elif targets := fp8_targets(module, keep, within):
         from optimum.quanto import freeze, qfloat8, quantize
 
         quantize(module, weights=qfloat8, include=targets)  # exact names: fnmatch without wildcards
         for name in targets:
             freeze(module.get_submodule(name))
-    elif kind == "fp8_cast":
-        for name in targets:
-            layer = module.get_submodule(name)
-            layer.__class__ = Fp8CastLinear
-            layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
     _release_freed_host_memory()  # per block while loading, too: else the freed bf16 blocks pile up in the heap
     return module
 
@@ -194,10 +194,10 @@ class Placement:
         elif self.mode == "sequential_cpu_offload":
             with _sequential(module, self.compute, self.offload):
                 yield module
-        elif self.mode == "block_swap" and _stacked_blocks(module) is not None:
+        elif self.mode == "block_swap" and hasattr(module, "repeated_blocks"):
             # The transformer keeps its first blocks_on_gpu blocks; the text encoder, used once, keeps none.
             resident = self.blocks_on_gpu if hasattr(module, "transformer_blocks") else 0
-            with _block_swap(module, _stacked_blocks(module), self.compute, resident, self.make_room, working_bytes):
+            with _block_swap(module, module.repeated_blocks(), self.compute, resident, self.make_room, working_bytes):
                 yield module
         else:
             with _whole(module, self.compute, self.offload, self.make_room, working_bytes):
@@ -242,14 +242,6 @@ def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
         for owner, attr, kind, tensor in saved:
             getattr(owner, kind)[attr] = tensor
         _empty_cache(compute)
-
-
-def _stacked_blocks(module: nn.Module) -> list[nn.Module] | None:
-    """The repeated blocks a module runs in order: the MMDiT's blocks or the text encoder's decoder layers."""
-    if hasattr(module, "transformer_blocks"):
-        return list(module.transformer_blocks)
-    language_model = getattr(module, "language_model", None)
-    return list(language_model.layers) if language_model is not None and hasattr(language_model, "layers") else None
 
 
 def _blocks_that_fit(block_bytes: list[int], fixed_bytes: int, compute: torch.device) -> int:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .loading import ModelFormatError, read_into, resolve_component
-from .memory import TEXT_ENCODER_KEEP, check_fp8_kind, execution_device
+from .memory import check_fp8_kind, execution_device, store_weights_in
+from .ops import adopt_linears
 from .safetensors_io import read_header
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,17 @@ def chat_text(tokenizer, prompt: str) -> str:
 class QwenTextEncoder(nn.Module):
     """The first N-1 decoder layers of Qwen2-VL's language model plus its tokenizer."""
 
+    # Kept in the model dtype under fp8 storage, as names inside ``language_model``.
+    HIGH_PRECISION: tuple[str, ...] = ("embed_tokens", "*norm*", "rotary_emb")
+
     def __init__(self, language_model: nn.Module, tokenizer, max_tokens: int = MAX_TOKENS):
         super().__init__()
         self.language_model = language_model
         self.tokenizer = tokenizer
         self.max_tokens = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.language_model.layers)
 
     @property
     def hidden_size(self) -> int:
@@ -161,6 +168,7 @@ def load_text_encoder(
     with torch.device("meta"):
         model = Qwen2VLTextModel(text_config).to(dtype)
     model.norm = nn.Identity()
+    adopt_linears(model)  # our Linear computes in its input's dtype, so its weight may be stored in fp8
     model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies
 
     files = sorted(folder.glob("*.safetensors"))
@@ -183,7 +191,9 @@ def load_text_encoder(
         if entry.shape != wanted[name]:
             raise ModelFormatError(f"{entry.file}: tensor '{entry.name}' has shape {entry.shape}, the config asks "
                                    f"for {wanted[name]}. Download the folder again.")
-    read_into(model, entries, dtype=dtype, device=device, fp8=fp8, keep=TEXT_ENCODER_KEEP)
+    if fp8 == "fp8_cast":
+        store_weights_in(model, torch.float8_e4m3fn, QwenTextEncoder.HIGH_PRECISION)  # still on meta: a build choice
+    read_into(model, entries, dtype=dtype, device=device, fp8=fp8, keep=QwenTextEncoder.HIGH_PRECISION)
     logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s%s on %s",
                 text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype,
                 f" with {fp8} linears" if fp8 else "", device)

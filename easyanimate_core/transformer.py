@@ -20,8 +20,8 @@ from .attention import ROPE_FORMULAS, RopeFormula, apply_rotary, rotary_embeddin
 from . import chunking
 from .chunking import per_token
 from .config import TransformerConfig
-from .memory import execution_device
-from .ops import DEFAULT_OPS, LayerOps
+from .memory import execution_device, store_weights_in
+from .ops import DEFAULT_OPS, LayerOps, fp32_layer_norm
 
 
 def timestep_sinusoid(timestep: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: int) -> torch.Tensor:
@@ -31,15 +31,6 @@ def timestep_sinusoid(timestep: torch.Tensor, dim: int, flip_sin_to_cos: bool, f
     args = timestep.float()[:, None] * exponent.exp()[None, :]
     parts = (args.cos(), args.sin()) if flip_sin_to_cos else (args.sin(), args.cos())
     return torch.cat(parts, dim=-1)
-
-
-class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the weight and input dtypes, returned in the input dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class TimestepEmbedding(nn.Module):
@@ -52,32 +43,18 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-class TextRMSNorm(nn.Module):
-    """RMSNorm over LLM hidden states (values reach 1e4): fp32 statistics, weight applied in the input dtype."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, *, dtype, device):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
 class ModulatedNorm(nn.Module):
     """``norm1``/``norm2``: one timestep modulation for both streams, one shared fp32 LayerNorm."""
 
     def __init__(self, cond_dim: int, dim: int, eps: float, affine: bool, *, dtype, device, ops: LayerOps):
         super().__init__()
         self.linear = ops.Linear(cond_dim, 6 * dim, dtype=dtype, device=device)
-        self.norm = FP32LayerNorm(dim, eps=eps, elementwise_affine=affine, dtype=dtype, device=device)
+        self.norm = ops.LayerNorm(dim, eps=eps, elementwise_affine=affine, dtype=dtype, device=device)  # in fp32
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor):
         shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(temb)).unsqueeze(1).chunk(6, dim=2)
-        video = per_token(lambda v: self.norm(v) * (1 + scale) + shift, video)
-        text = self.norm(text) * (1 + t_scale) + t_shift
+        video = per_token(lambda v: fp32_layer_norm(self.norm, v) * (1 + scale) + shift, video)
+        text = fp32_layer_norm(self.norm, text) * (1 + t_scale) + t_shift
         return video, text, gate, t_gate
 
 
@@ -124,6 +101,7 @@ class DiTBlock(nn.Module):
     def __init__(self, config: TransformerConfig, is_mmdit: bool, *, dtype, device, ops: LayerOps):
         super().__init__()
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
+        self.attention = ops.attention
         kw = dict(dtype=dtype, device=device, ops=ops)
         norm_args = (config.time_embed_dim, dim, config.norm_eps, config.norm_elementwise_affine)
         self.norm1 = ModulatedNorm(*norm_args, **kw)
@@ -170,7 +148,7 @@ class DiTBlock(nn.Module):
         k = self._joint(text_attn.k(t_in), v_in, self.attn1.k, rope)
         v = self._joint(text_attn.v(t_in), v_in, self.attn1.v)
         del v_in
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False).transpose(1, 2)
+        out = self.attention(q, k, v)
         del q, k, v  # out: [B, L_txt + N, heads, head_dim]
         video = per_token(lambda x, o: x + gate * self.attn1.to_out[0](o.flatten(2)), video, out[:, n_text:])
         text = text + t_gate * text_attn.to_out[0](out[:, :n_text].flatten(2))
@@ -184,7 +162,15 @@ class DiTBlock(nn.Module):
 
 
 class EasyAnimateTransformer(nn.Module):
-    """``model(latents, timestep, text_states, *, inpaint_latents=None, control_latents=None) -> [B, 16, T, h, w]``."""
+    """``model(latents, timestep, text_states, *, inpaint_latents=None, control_latents=None) -> [B, 16, T, h, w]``.
+
+    ``weight_dtype`` (fp8, say) stores the large linears of the blocks in another dtype than ``dtype``, chosen at
+    build time; the layers of :attr:`HIGH_PRECISION` always store ``dtype``."""
+
+    # Layers that stay in the model dtype under fp8 storage (DESIGN.md house style 4): the patch embedding, the
+    # timestep and text projections, every norm and modulation (norm1/norm2.linear) and the output projection.
+    HIGH_PRECISION: tuple[str, ...] = ("proj", "proj_out", "time_embedding.*", "text_proj*", "*norm*", "norm_out.*")
+    REPEATED_BLOCKS = "transformer_blocks"  # what block streaming, regional compile and per-block fp8 work on
 
     def __init__(
         self,
@@ -194,6 +180,7 @@ class EasyAnimateTransformer(nn.Module):
         device: torch.device | str | None = None,
         ops: LayerOps = DEFAULT_OPS,
         rope_formula: RopeFormula = "original",
+        weight_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if rope_formula not in ROPE_FORMULAS:
@@ -206,7 +193,7 @@ class EasyAnimateTransformer(nn.Module):
         self.proj = ops.Conv2d(config.in_channels, dim, kernel_size=p, stride=p, **kw)
         if config.add_norm_text_encoder:
             self.text_proj = nn.Sequential(
-                TextRMSNorm(config.text_embed_dim, **kw), ops.Linear(config.text_embed_dim, dim, **kw)
+                ops.RMSNorm(config.text_embed_dim, **kw), ops.Linear(config.text_embed_dim, dim, **kw)
             )
         else:
             self.text_proj = ops.Linear(config.text_embed_dim, dim, **kw)
@@ -220,6 +207,11 @@ class EasyAnimateTransformer(nn.Module):
         self.norm_out.norm = ops.LayerNorm(dim, eps=config.norm_eps,
                                            elementwise_affine=config.norm_elementwise_affine, **kw)
         self.proj_out = ops.Linear(dim, p * p * config.out_channels, **kw)
+        if weight_dtype is not None:
+            store_weights_in(self, weight_dtype, self.HIGH_PRECISION)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.transformer_blocks)
 
     @property
     def dtype(self) -> torch.dtype:

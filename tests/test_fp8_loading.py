@@ -9,8 +9,8 @@ from torch import nn
 from easyanimate_core import loading
 from easyanimate_core.demo import write_demo_model
 from easyanimate_core.loading import load_transformer
-from easyanimate_core.memory import TEXT_ENCODER_KEEP, TRANSFORMER_KEEP, _fp8_targets, store_in_fp8
-from easyanimate_core.text_encoder import load_text_encoder
+from easyanimate_core.memory import fp8_targets, store_in_fp8
+from easyanimate_core.text_encoder import QwenTextEncoder, load_text_encoder
 
 KINDS = ["qfloat8", "fp8_cast"]
 
@@ -33,7 +33,9 @@ def _stored(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _converted(model: nn.Module) -> list[str]:
-    return sorted(n for n, m in model.named_modules() if type(m).__name__ in ("QLinear", "Fp8CastLinear"))
+    """The Linears stored in fp8: quanto's QLinear, or an fp8 weight (fp8_cast)."""
+    return sorted(n for n, m in model.named_modules() if type(m).__name__ == "QLinear"
+                  or (isinstance(m, nn.Linear) and m.weight.dtype == torch.float8_e4m3fn))
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ def _assert_same_storage(streamed: nn.Module, after: nn.Module) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_transformer_converted_while_loading_equals_converting_after(demo, kind):
     streamed = load_transformer(demo, dtype=torch.bfloat16, fp8=kind)
-    after = store_in_fp8(load_transformer(demo, dtype=torch.bfloat16), kind, TRANSFORMER_KEEP)
+    after = store_in_fp8(load_transformer(demo, dtype=torch.bfloat16), kind)
     _assert_same_storage(streamed, after)
     assert "transformer_blocks.0.attn1.to_q" in _converted(streamed) and "proj_out" not in _converted(streamed)
     gen = torch.Generator().manual_seed(0)
@@ -66,7 +68,7 @@ def test_transformer_converted_while_loading_equals_converting_after(demo, kind)
 def test_text_encoder_converted_while_loading_equals_converting_after(demo, kind):
     streamed = load_text_encoder(demo, dtype=torch.bfloat16, fp8=kind)
     after = load_text_encoder(demo, dtype=torch.bfloat16)
-    store_in_fp8(after.language_model, kind, TEXT_ENCODER_KEEP)
+    store_in_fp8(after.language_model, kind, QwenTextEncoder.HIGH_PRECISION)
     _assert_same_storage(streamed.language_model, after.language_model)
     assert torch.equal(streamed.encode(["a red fox"]).states, after.encode(["a red fox"]).states)
 
@@ -85,7 +87,7 @@ def test_at_most_one_block_is_held_in_the_load_dtype(demo, monkeypatch, kind):
 
     def spy_read_tensors(entries, **kwargs):
         model = model_holder["model"]
-        reads.append([n for n in _fp8_targets(model, TRANSFORMER_KEEP, "") if not model.get_submodule(n).weight.is_meta])
+        reads.append([n for n in fp8_targets(model, model.HIGH_PRECISION) if not model.get_submodule(n).weight.is_meta])
         return real_read_tensors(entries, **kwargs)
 
     monkeypatch.setattr(loading, "read_into", spy_read_into)
