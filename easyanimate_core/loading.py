@@ -21,6 +21,7 @@ from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
+from .ops import DEFAULT_OPS, LayerOps
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -216,12 +217,17 @@ def load_transformer(
     device: torch.device | str = "cpu",
     rope_formula: RopeFormula = "original",
     fp8: str | None = None,
+    weight_dtype: torch.dtype | None = None,
+    ops: LayerOps = DEFAULT_OPS,
+    model_class: type[EasyAnimateTransformer] = EasyAnimateTransformer,
 ) -> EasyAnimateTransformer:
     """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout.
 
     ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8: fp8_cast builds them in
     float8_e4m3fn, qfloat8 quantizes each block as soon as it is read. Either way the host peak is the fp8 model
-    plus one block, not the whole model in ``dtype``."""
+    plus one block, not the whole model in ``dtype``. ``weight_dtype`` names the storage dtype of those linears
+    directly (fp8_cast is ``torch.float8_e4m3fn``). ``ops`` and ``model_class`` build it from another layer
+    namespace (ComfyUI's, in the nodes)."""
     check_fp8_kind(fp8)
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
@@ -233,8 +239,8 @@ def load_transformer(
     config = transformer_config_from_dict(raw, layout, source=str(config_path))
     entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
     with torch.device("meta"):
-        model = EasyAnimateTransformer(config, dtype=dtype, rope_formula=rope_formula,
-                                       weight_dtype=torch.float8_e4m3fn if fp8 == "fp8_cast" else None)
+        model = model_class(config, dtype=dtype, rope_formula=rope_formula, ops=ops,
+                            weight_dtype=torch.float8_e4m3fn if fp8 == "fp8_cast" else weight_dtype)
     _load_into(model, entries, folder, dtype, device, fp8=fp8, keep=model.HIGH_PRECISION)
     logger.info("Loaded %s from %s (%s layout, %d files) as %s%s on %s", config.variant_description, folder,
                 layout, len(files), dtype, f" with {fp8} linears" if fp8 else "", device)

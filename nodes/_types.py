@@ -1,48 +1,45 @@
-"""The objects our nodes pass to each other, and their ComfyUI type names. Frozen: a node never changes its inputs."""
+"""The ComfyUI type names our nodes pass to each other.
 
-from __future__ import annotations
+The transformer travels as ComfyUI's own ``MODEL`` (a ModelPatcher, ``_native.py``) and prompts as ComfyUI's own
+``CONDITIONING``, so core nodes take them; the text encoder and the VAE are ModelPatchers under names of our own,
+since ComfyUI's CLIP and VAE nodes expect other architectures.
+"""
 
-from dataclasses import dataclass, field, replace
-from typing import Any
-
-MODEL = "EASYANIMATE_MODEL"
+MODEL = "MODEL"
 TEXT_ENCODER = "EASYANIMATE_TEXT_ENCODER"
 VAE = "EASYANIMATE_VAE"
-CONDITIONING = "EASYANIMATE_CONDITIONING"
+CONDITIONING = "CONDITIONING"
 CAMERA = "EASYANIMATE_CAMERA"
 TRAJECTORY = "EASYANIMATE_TRAJECTORY"
 CATEGORY = "EasyAnimate"
 
-
-@dataclass(frozen=True)
-class ModelBundle:
-    """The transformer, its scheduler and placement, and the LoRAs to apply while sampling."""
-
-    transformer: Any
-    scheduler: Any
-    placement: Any
-    folder: str
-    loras: tuple = field(default=())  # ((LoraFile, strength), ...)
-
-    def with_lora(self, lora, strength: float) -> "ModelBundle":
-        return replace(self, loras=self.loras + ((lora, strength),))
+# The optional inputs that choose the generation mode, shared by EasyAnimate Sampler and EasyAnimate Conditioning.
+MODE_INPUTS = {
+    "start_image": ("IMAGE", "Image-to-video (InP models): the first frame(s)."),
+    "end_image": ("IMAGE", "Image-to-video (InP models): the last frame(s)."),
+    "input_video": ("IMAGE", "Video-to-video: the frames to transform (see denoise_strength)."),
+    "control_video": ("IMAGE", "Control models: a canny, pose, depth or any control video."),
+    "reference_image": ("IMAGE", "Control, trajectory and camera modes: the reference image (first frame)."),
+    "trajectory": (TRAJECTORY, "Trajectory control (Control models): from EasyAnimate Trajectory."),
+    "camera": (CAMERA, "Camera control (Control-Camera models): from the EasyAnimate Camera nodes."),
+}
 
 
-@dataclass(frozen=True)
-class TextEncoderBundle:
-    encoder: Any
-    placement: Any
+def mode_input_types() -> dict:
+    return {name: (kind, {"tooltip": tip}) for name, (kind, tip) in MODE_INPUTS.items()}
 
 
-@dataclass(frozen=True)
-class VAEBundle:
-    vae: Any
-    placement: Any
+def size_input_types() -> dict:
+    """width, height and frames, as the sampler and the conditioning node declare them."""
+    return {
+        "width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16,
+                          "tooltip": "Video width in pixels, a multiple of 16."}),
+        "height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16,
+                           "tooltip": "Video height in pixels, a multiple of 16."}),
+        "frames": ("INT", {"default": 49, "min": 1, "max": 161, "step": 4,
+                           "tooltip": "Number of frames, 4k+1 (the models were trained on up to 49)."}),
+    }
 
 
-@dataclass(frozen=True)
-class PromptConditioning:
-    """Encoded prompt and negative prompt (``PromptEmbeddings``); the negative is None without guidance."""
-
-    positive: Any
-    negative: Any
+SEED_INPUT = ("INT", {"default": 43, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                      "tooltip": "Noise seed; the same seed gives the same video on every device."})

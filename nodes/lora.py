@@ -1,5 +1,6 @@
-"""LoRA loaders (from models/loras, or from a path such as the trainer's output): add a LoRA with its strength to
-the model; it is applied only while the sampler runs."""
+"""LoRA loaders (from models/loras, or from a path such as the trainer's output): the LoRA becomes ComfyUI weight
+patches on a clone of the model, so ComfyUI's own LoRA handling applies it (merged while loaded, streamed in
+low-VRAM mode, removed on unload) exactly as LoraLoaderModelOnly does for the official format."""
 
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ _STRENGTH_INPUT = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 
 
 
 class EasyAnimateLoraLoader:
-    DESCRIPTION = ("Adds a LoRA from ComfyUI/models/loras to the model. Chain several. The LoRA runs beside the "
-                   "weights while sampling and is never merged, so an interrupt or an error cannot leave it in the "
-                   "cached model. Reads the official EasyAnimate format, diffusers/PEFT files and our trainer's "
-                   "output.")
+    DESCRIPTION = ("Adds a LoRA from ComfyUI/models/loras to the model. Chain several. Reads the official "
+                   "EasyAnimate format, diffusers/PEFT files in either layout and our trainer's output, and refuses "
+                   "a LoRA made for another model by name. Core LoraLoaderModelOnly reads the same files.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same model with this LoRA added to its list.",)
+    OUTPUT_TOOLTIPS = ("A clone of the model with this LoRA's patches added.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -41,13 +41,13 @@ class EasyAnimateLoraLoader:
 
 
 class EasyAnimateLoraLoaderFromPath:
-    DESCRIPTION = ("Adds a LoRA given by its file path, e.g. the output of EasyAnimate Train LoRA, to the model. "
-                   "Like EasyAnimate LoRA Loader, it runs beside the weights and is never merged.")
+    DESCRIPTION = ("Adds a LoRA given by its file path, e.g. the output of EasyAnimate Train LoRA, to the model, "
+                   "as EasyAnimate LoRA Loader does.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same model with this LoRA added to its list.",)
+    OUTPUT_TOOLTIPS = ("A clone of the model with this LoRA's patches added.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -66,8 +66,11 @@ class EasyAnimateLoraLoaderFromPath:
 
 def _with_lora(model, path: Path, strength: float):
     from ..easyanimate_core.lora import read_lora
+    from ._native import add_lora, require_easyanimate
 
-    return model.with_lora(read_lora(path, model.transformer), strength)
+    require_easyanimate(model, "EasyAnimate LoRA Loader")
+    lora = read_lora(path, model.model.diffusion_model)  # checked whatever the strength
+    return model.clone() if strength == 0 else add_lora(model, lora, strength)
 
 
 NODES = {"EasyAnimateLoraLoader": EasyAnimateLoraLoader, "EasyAnimateLoraLoaderFromPath": EasyAnimateLoraLoaderFromPath}

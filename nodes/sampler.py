@@ -1,25 +1,18 @@
-"""Sampler: model + conditioning + optional images, videos, trajectory or camera -> LATENT."""
+"""EasyAnimate Sampler: the one-node path. MODEL + conditioning + optional images, videos, trajectory or camera ->
+LATENT, with the exact denoise loop of the reference (its schedule, CFG and bf16 latents between steps)."""
 
 from __future__ import annotations
 
 from . import _comfy
-from ._types import CAMERA, CATEGORY, CONDITIONING, MODEL, TRAJECTORY, VAE
-
-_OPTIONAL = {
-    "start_image": ("IMAGE", "Image-to-video (InP models): the first frame(s)."),
-    "end_image": ("IMAGE", "Image-to-video (InP models): the last frame(s)."),
-    "input_video": ("IMAGE", "Video-to-video: the frames to transform (see denoise_strength)."),
-    "control_video": ("IMAGE", "Control models: a canny, pose, depth or any control video."),
-    "reference_image": ("IMAGE", "Control, trajectory and camera modes: the reference image (first frame)."),
-    "trajectory": (TRAJECTORY, "Trajectory control (Control models): from EasyAnimate Trajectory."),
-    "camera": (CAMERA, "Camera control (Control-Camera models): from the EasyAnimate Camera nodes."),
-}
+from ._types import CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, size_input_types
 
 
 class EasyAnimateSampler:
-    DESCRIPTION = ("Generates video latents. The mode follows from the inputs connected: none (text-to-video), "
-                   "start/end image (image-to-video), input video (video-to-video), control video, trajectory or "
-                   "camera. A model that cannot do the mode is refused before any work, naming the model needed.")
+    DESCRIPTION = ("Generates video latents with the reference sampler. The mode follows from the inputs connected: "
+                   "none (text-to-video), start/end image (image-to-video), input video (video-to-video), control "
+                   "video, trajectory or camera. A model that cannot do the mode is refused before any work, naming "
+                   "the model needed. KSampler with EasyAnimate Conditioning gives the same result with ComfyUI's "
+                   "samplers.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
@@ -32,32 +25,29 @@ class EasyAnimateSampler:
             "required": {
                 "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader (or a LoRA loader)."}),
                 "vae": (VAE, {"tooltip": "From EasyAnimate Model Loader; encodes images and videos."}),
-                "conditioning": (CONDITIONING, {"tooltip": "From EasyAnimate Text Encode."}),
-                "width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16,
-                                  "tooltip": "Video width in pixels, a multiple of 16."}),
-                "height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16,
-                                   "tooltip": "Video height in pixels, a multiple of 16."}),
-                "frames": ("INT", {"default": 49, "min": 1, "max": 161, "step": 4,
-                                   "tooltip": "Number of frames, 4k+1 (the models were trained on up to 49)."}),
+                "positive": (CONDITIONING, {"tooltip": "The prompt, from EasyAnimate Text Encode."}),
+                "negative": (CONDITIONING, {"tooltip": "The negative prompt, from EasyAnimate Text Encode."}),
+                **size_input_types(),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
                 "guidance": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 20.0, "step": 0.1,
                                        "tooltip": "Classifier-free guidance scale; 1 turns the negative prompt off."}),
-                "seed": ("INT", {"default": 43, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Noise seed; the same seed gives the same video on every device."}),
+                "seed": SEED_INPUT,
                 "denoise_strength": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.01,
                                                "tooltip": "Video-to-video only: how much of the input video to "
                                                           "replace (1 = all). Keep 1 for the other modes."}),
             },
-            "optional": {name: (kind, {"tooltip": tip}) for name, (kind, tip) in _OPTIONAL.items()},
+            "optional": mode_input_types(),
         }
 
-    def sample(self, model, vae, conditioning, width, height, frames, steps, guidance, seed, denoise_strength,
+    def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
                **optional):
         from ..easyanimate_core.conditioning import require_variant
         from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
                                                    run_denoise)
-        from ..easyanimate_core.lora import applied
+        from ._native import component, load_on_device, prompt_states, require_easyanimate
 
+        require_easyanimate(model, "EasyAnimate Sampler")
+        transformer = model.model.diffusion_model
         request = GenerationRequest(
             width=width, height=height, frames=frames, steps=steps, guidance=guidance, seed=seed,
             strength=denoise_strength, start_images=optional.get("start_image"), end_images=optional.get("end_image"),
@@ -65,21 +55,21 @@ class EasyAnimateSampler:
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"),
         ).checked()
-        require_variant(model.transformer.config, request.mode)  # refused before any model moves
-        with vae.placement.active(vae.vae):
-            prepared = prepare_inputs(model.transformer.config, vae.vae, request)
+        require_variant(transformer.config, request.mode)  # refused before any model moves
+        text = prompt_states(positive, "positive", transformer.config)
+        negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
+        load_on_device(vae)
+        prepared = prepare_inputs(transformer.config, component(vae), request)
         progress = _comfy.Progress(request.steps)
 
         def on_step(step, total, latents):
             progress.update(step, total, latents)
             _comfy.check_interrupt()
 
-        negative = conditioning.negative if guidance > 1.0 else None
-        working = denoise_activation_bytes(model.transformer, prepared, conditioning.positive, negative)
-        with model.placement.active(model.transformer, working) as transformer, applied(transformer, model.loras):
-            latents = run_denoise(transformer, model.scheduler, prepared, conditioning.positive, negative,
-                                  callback=on_step)
-        return ({"samples": latents.float().cpu()},)
+        load_on_device(model, denoise_activation_bytes(transformer, prepared, text, negative_text), whole=False)
+        latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
+                              callback=on_step)
+        return ({"samples": model.model.process_latent_out(latents.float().cpu())},)
 
 
 NODES = {"EasyAnimateSampler": EasyAnimateSampler}

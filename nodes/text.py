@@ -1,18 +1,21 @@
-"""Text encode: prompt and negative prompt -> our conditioning, encoded once and reusable."""
+"""Text encode: prompt and negative prompt -> ComfyUI CONDITIONING, encoded once and reusable."""
 
 from __future__ import annotations
 
-from ._types import CATEGORY, CONDITIONING, TEXT_ENCODER, PromptConditioning
+from ._types import CATEGORY, CONDITIONING, TEXT_ENCODER
 
 
 class EasyAnimateTextEncode:
-    DESCRIPTION = ("Encodes the prompt and the negative prompt with the model's Qwen2-VL text encoder. The result "
-                   "is reused until a prompt changes, so the text encoder can stay off the GPU while sampling.")
+    DESCRIPTION = ("Encodes the prompt and the negative prompt with the model's Qwen2-VL text encoder into ComfyUI "
+                   "conditioning. ComfyUI reuses the result until a prompt changes and evicts the text encoder "
+                   "from the GPU when the sampler needs the room.")
     CATEGORY = CATEGORY
     FUNCTION = "encode"
-    RETURN_TYPES = (CONDITIONING,)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("Prompt and negative prompt embeddings for the EasyAnimate Sampler.",)
+    RETURN_TYPES = (CONDITIONING, CONDITIONING)
+    RETURN_NAMES = ("positive", "negative")
+    OUTPUT_TOOLTIPS = ("The prompt's embeddings [1, 256, hidden], for EasyAnimate Sampler, EasyAnimate "
+                       "Conditioning or KSampler.",
+                       "The negative prompt's embeddings (used when guidance / cfg > 1).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -31,10 +34,16 @@ class EasyAnimateTextEncode:
         }
 
     def encode(self, text_encoder, prompt, negative_prompt):
-        with text_encoder.placement.active(text_encoder.encoder) as encoder:
-            positive = encoder.encode([prompt])
-            negative = encoder.encode([negative_prompt])
-        return (PromptConditioning(positive=positive, negative=negative),)
+        import torch
+
+        from ._native import component, load_on_device
+
+        load_on_device(text_encoder)
+        with torch.inference_mode():
+            positive = component(text_encoder).encode([prompt])
+            negative = component(text_encoder).encode([negative_prompt])
+        # The DiT attends to every one of the 256 tokens, pads included: no attention mask travels with them.
+        return [[positive.states.cpu(), {}]], [[negative.states.cpu(), {}]]
 
 
 NODES = {"EasyAnimateTextEncode": EasyAnimateTextEncode}

@@ -1,4 +1,8 @@
-"""VAE decode (LATENT -> IMAGE frames) and encode (IMAGE frames -> LATENT)."""
+"""VAE decode (LATENT -> IMAGE frames) and encode (IMAGE frames -> LATENT).
+
+A LATENT holds raw VAE latents, as everywhere in ComfyUI; the model scales them by the VAE's scaling factor (its
+latent format) when it samples them.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ class EasyAnimateDecode:
         return {
             "required": {
                 "vae": (VAE, {"tooltip": "From EasyAnimate Model Loader."}),
-                "samples": ("LATENT", {"tooltip": "From EasyAnimate Sampler or EasyAnimate Encode."}),
+                "samples": ("LATENT", {"tooltip": "From EasyAnimate Sampler, KSampler or EasyAnimate Encode."}),
                 "tile_size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
                                       "tooltip": "0 = automatic: whole frames when they fit in free memory, "
                                                  "otherwise the largest tiles that fit; a size at least as large "
@@ -36,22 +40,21 @@ class EasyAnimateDecode:
     def decode(self, vae, samples, tile_size):
         from ..easyanimate_core.generation import decode_latents
         from ..easyanimate_core.vae_tiling import estimate_bytes
+        from ._native import check_latent, component, load_on_device
 
-        latents = samples["samples"]
-        if latents.ndim != 5 or latents.shape[1] != 16:
-            raise ValueError(f"samples have shape {tuple(latents.shape)}: expected EasyAnimate video latents "
-                             f"[B, 16, T, H/8, W/8] (from EasyAnimate Sampler, not an image model's LATENT).")
+        latents = check_latent(samples, "EasyAnimate Decode")
+        model = component(vae)
         progress = _comfy.Progress(latents.shape[0] * latents.shape[2])
 
         def on_chunk(done, total):
             progress.update(done, total)
             _comfy.check_interrupt()
 
-        with vae.placement.active(vae.vae):
-            if not tile_size:
-                # ComfyUI may free other models' VRAM for whole frames before the planner looks at free memory
-                _comfy.make_room(estimate_bytes(vae.vae.config, latents.shape, encode=False, dtype=vae.vae.dtype))
-            frames = decode_latents(vae.vae, latents, tile_size=tile_size or "auto", callback=on_chunk)
+        # ComfyUI frees other models' VRAM for whole frames before the tile planner looks at free memory.
+        whole_frames = 0 if tile_size else estimate_bytes(model.config, latents.shape, encode=False, dtype=model.dtype)
+        load_on_device(vae, whole_frames)
+        frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
+                                callback=on_chunk)
         return (frames.cpu(),)
 
 
@@ -61,7 +64,7 @@ class EasyAnimateEncode:
     FUNCTION = "encode"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
-    OUTPUT_TOOLTIPS = ("Scaled latents [1, 16, T, H/8, W/8].",)
+    OUTPUT_TOOLTIPS = ("Latents [1, 16, T, H/8, W/8], e.g. for KSampler with denoise < 1 (video-to-video).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -77,6 +80,7 @@ class EasyAnimateEncode:
 
         from ..easyanimate_core.conditioning import video_latents
         from ..easyanimate_core.video import check_frames
+        from ._native import component, load_on_device
 
         count = check_frames(frames.shape[0], allow_round=True)
         height, width = frames.shape[1] // 8 * 8, frames.shape[2] // 8 * 8
@@ -84,9 +88,10 @@ class EasyAnimateEncode:
             logger.warning("EasyAnimate Encode: %d frames of %dx%d become %d frames of %dx%d (the VAE takes 4k+1 "
                            "frames with sides that are multiples of 8).", frames.shape[0], frames.shape[2],
                            frames.shape[1], count, width, height)
-        with vae.placement.active(vae.vae), torch.inference_mode():
-            latents = video_latents(vae.vae, frames, frames=count, width=width, height=height)
-        return ({"samples": latents},)
+        load_on_device(vae)
+        with torch.inference_mode():
+            latents = video_latents(component(vae), frames, frames=count, width=width, height=height)
+        return ({"samples": latents / component(vae).scaling_factor},)
 
 
 NODES = {"EasyAnimateDecode": EasyAnimateDecode, "EasyAnimateEncode": EasyAnimateEncode}

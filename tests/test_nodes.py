@@ -1,16 +1,14 @@
-"""The nodes through ComfyUI's V1 contract: declarations, a full graph run, and ComfyUI's hooks faked."""
+"""The nodes through ComfyUI's V1 contract: declarations, and full graph runs inside the real ComfyUI modules
+(tests/comfyui_env.py): progress, previews, Cancel and LoRA patches as ComfyUI handles them."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import sys
 
 import pytest
 import torch
 from conftest import load_pack
-from fake_comfy import Interrupted as _Interrupted
-from fake_comfy import install_fake_comfy
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS
@@ -54,36 +52,50 @@ def models_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture()
-def no_comfy(monkeypatch, models_dir):
-    monkeypatch.setenv("EASYANIMATE_MODELS_DIR", str(models_dir))
-    for name in ("comfy", "comfy.utils", "comfy.model_management", "folder_paths"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-
-
 def _run(node_id, **inputs):
     node = NODES[node_id]()
     return getattr(node, node.FUNCTION)(**inputs)
 
 
+def _load(model_name, memory_mode="model_cpu_offload"):
+    return _run("EasyAnimateModelLoader", model=model_name, precision="fp32", memory_mode=memory_mode,
+                blocks_on_gpu=-1, weight_dtype="default")
+
+
 def _graph(model_name, mode_inputs=None, steps=2, frames=5, seed=1):
-    model, text_encoder, vae, info = _run("EasyAnimateModelLoader", model=model_name, precision="fp32",
-                                          memory_mode="model_cpu_offload", blocks_on_gpu=0)
-    (conditioning,) = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
-    (latent,) = _run("EasyAnimateSampler", model=model, vae=vae, conditioning=conditioning, width=48, height=32,
-                     frames=frames, steps=steps, guidance=6.0, seed=seed, denoise_strength=1.0, **(mode_inputs or {}))
+    model, text_encoder, vae, info = _load(model_name)
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    (latent,) = _run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, width=48,
+                     height=32, frames=frames, steps=steps, guidance=6.0, seed=seed, denoise_strength=1.0,
+                     **(mode_inputs or {}))
     (images,) = _run("EasyAnimateDecode", vae=vae, samples=latent, tile_size=0)
     return model, vae, info, latent, images
 
 
-def test_loader_lists_folders_and_reports_the_variant(no_comfy):
+def test_loader_lists_folders_and_reports_the_variant(comfyui):
     combo = NODES["EasyAnimateModelLoader"].INPUT_TYPES()["required"]["model"][0]
     assert combo == ["demo-camera", "demo-control", "demo-inp"]
     with pytest.raises(FileNotFoundError, match="Model folder 'nope' not found in .*Put the model folder"):
-        _run("EasyAnimateModelLoader", model="nope", precision="fp32", memory_mode="full", blocks_on_gpu=0)
+        _load("nope")
 
 
-def test_text_to_video_and_image_to_video_graphs_run_without_comfyui(no_comfy):
+def test_the_loader_gives_comfyui_a_model_patcher_with_the_released_sampling(comfyui):
+    import comfy.model_patcher
+
+    model, text_encoder, vae, info = _load("demo-inp")
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert isinstance(text_encoder, comfy.model_patcher.ModelPatcher) and isinstance(vae, comfy.model_patcher.ModelPatcher)
+    base = model.model
+    assert base.latent_format.latent_channels == 16 and base.latent_format.latent_dimensions == 3
+    assert base.latent_format.scale_factor == vae.model.component.scaling_factor
+    sampling = base.model_sampling
+    assert sampling.shift == pytest.approx(2.718281828) and sampling.multiplier == 1000
+    layer = base.diffusion_model.transformer_blocks[0].attn1.to_q
+    assert hasattr(layer, "comfy_cast_weights")  # built from ComfyUI's layer classes
+    assert model.model_size() > 0 and "InP" in info
+
+
+def test_text_to_video_and_image_to_video_graphs_run(comfyui):
     _, _, info, latent, images = _graph("demo-inp")
     assert "InP" in info
     assert latent["samples"].shape == (1, 16, 2, 4, 6)
@@ -93,7 +105,15 @@ def test_text_to_video_and_image_to_video_graphs_run_without_comfyui(no_comfy):
     assert not torch.equal(i2v["samples"], latent["samples"])
 
 
-def test_camera_and_trajectory_graphs(no_comfy):
+def test_text_encode_gives_comfyui_conditioning(comfyui):
+    _, text_encoder, _, _ = _load("demo-inp")
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    (states, extra), = positive
+    assert states.shape == (1, 256, 64) and extra == {}
+    assert not torch.equal(states, negative[0][0])
+
+
+def test_camera_and_trajectory_graphs(comfyui):
     (pan,) = _run("EasyAnimateCameraPreset", preset="Pan Up", frames=5, speed=1.0, fx=0.53, fy=0.95)
     (left,) = _run("EasyAnimateCameraPreset", preset="Pan Left", frames=5, speed=1.0, fx=0.53, fy=0.95)
     (diagonal,) = _run("EasyAnimateCameraCombine", camera_1=pan, camera_2=left)
@@ -110,71 +130,52 @@ def test_camera_and_trajectory_graphs(no_comfy):
         _run("EasyAnimateTrajectory", trajectory='{"version": 1, "tracks": []}', width=48, height=32, frames=5)
 
 
-def test_a_mode_the_model_cannot_do_is_refused_before_any_work(no_comfy):
+def test_a_mode_the_model_cannot_do_is_refused_before_any_work(comfyui):
     (pan,) = _run("EasyAnimateCameraPreset", preset="Pan Up", frames=5, speed=1.0, fx=0.53, fy=0.95)
     with pytest.raises(ValueError, match="camera needs a Control-Camera model"):
         _graph("demo-control", {"camera": pan})
+    assert comfyui["progress"] == []
 
 
-@pytest.fixture()
-def fake_comfy(monkeypatch, models_dir, tmp_path):
-    """Small stand-ins for the ComfyUI modules _comfy.py uses, recording what the nodes do with them."""
-    record = {"progress": [], "freed": [], "interrupt_at": None, "checks": 0}
-
-    def check():
-        record["checks"] += 1
-        if record["interrupt_at"] is not None and record["checks"] >= record["interrupt_at"]:
-            raise _Interrupted("Processing interrupted")
-
-    paths = {"EasyAnimate": [str(models_dir)], "loras": [str(tmp_path / "loras")]}
-    install_fake_comfy(
-        monkeypatch, on_progress=lambda *update: record["progress"].append(update), on_check=check,
-        freed=record["freed"], models_dir=str(tmp_path), get_folder_paths=lambda name: list(paths[name]),
-        add_model_folder_path=lambda name, path, is_default=False: paths.setdefault(name, []).append(path),
-        get_filename_list=lambda name: sorted(p.name for p in (tmp_path / name).glob("*.safetensors")),
-        get_full_path=lambda name, file: str(tmp_path / name / file))
-    (tmp_path / "loras").mkdir()
-    return record
-
-
-def test_progress_is_reported_with_previews(fake_comfy):
+def test_progress_is_reported_with_previews(comfyui):
     _graph("demo-inp", steps=3)
-    sampler_updates = [p for p in fake_comfy["progress"] if p[1] == 3]
+    sampler_updates = [p for p in comfyui["progress"] if p[1] == 3]
     assert sampler_updates == [(1, 3, True), (2, 3, True), (3, 3, True)]
-    assert any(p[1] == 2 for p in fake_comfy["progress"])  # decode: one update per latent frame
+    assert any(p[1] == 2 for p in comfyui["progress"])  # decode: one update per latent frame
 
 
-def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(fake_comfy, tmp_path):
+def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(comfyui):
+    import comfy.model_management as mm
+
     from easyanimate_core.lora import LoraLayer, save_lora
 
-    model, text_encoder, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32",
-                                       memory_mode="model_cpu_offload", blocks_on_gpu=0)
-    layers = {"proj_out": LoraLayer(torch.randn(2, model.transformer.config.inner_dim), torch.randn(64, 2), 2.0)}
-    save_lora(tmp_path / "loras" / "style.safetensors", layers)
+    model, text_encoder, vae, _ = _load("demo-inp")
+    transformer = model.model.diffusion_model
+    layers = {"proj_out": LoraLayer(torch.randn(2, transformer.config.inner_dim), torch.randn(64, 2), 2.0)}
+    save_lora(comfyui["loras"] / "style.safetensors", layers)
     assert NODES["EasyAnimateLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == ["style.safetensors"]
     (with_lora,) = _run("EasyAnimateLoraLoader", model=model, lora_name="style.safetensors", strength=1.0)
-    assert model.loras == () and len(with_lora.loras) == 1
-    (conditioning,) = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
-    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
-    args = dict(vae=vae, conditioning=conditioning, width=48, height=32, frames=5, steps=4, guidance=6.0, seed=1,
-                denoise_strength=1.0)
-    fake_comfy["interrupt_at"] = fake_comfy["checks"] + 2
-    with pytest.raises(_Interrupted):
+    assert model.patches == {} and list(with_lora.patches) == ["diffusion_model.proj_out.weight"]
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    args = dict(vae=vae, positive=positive, negative=negative, width=48, height=32, frames=5, steps=4, guidance=6.0,
+                seed=1, denoise_strength=1.0)
+    comfyui["interrupt_after"] = 2
+    with pytest.raises(mm.InterruptProcessingException):
         _run("EasyAnimateSampler", model=with_lora, **args)
-    assert [p[0] for p in fake_comfy["progress"] if p[1] == 4] == [1, 2]
-    assert all(torch.equal(before[k], v) for k, v in model.transformer.state_dict().items())
-    assert not any(m._forward_hooks for m in model.transformer.modules())
-    assert {p.device.type for p in model.transformer.parameters()} == {"cpu"}
-    fake_comfy["interrupt_at"] = None
-    (plain,) = _run("EasyAnimateSampler", model=model, **args)
+    assert [p[0] for p in comfyui["progress"] if p[1] == 4] == [1, 2]
+    comfyui["interrupt_after"] = None
+    (plain,) = _run("EasyAnimateSampler", model=model, **args)  # ComfyUI takes the LoRA's patch off again
+    assert all(torch.equal(before[k], v) for k, v in transformer.state_dict().items())
     (styled,) = _run("EasyAnimateSampler", model=with_lora, **args)
     (again,) = _run("EasyAnimateSampler", model=model, **args)
     assert torch.equal(plain["samples"], again["samples"])
     assert not torch.equal(plain["samples"], styled["samples"])
+    mm.unload_all_models()
+    assert all(torch.equal(before[k], v) for k, v in transformer.state_dict().items())
 
 
-def test_decode_refuses_an_image_model_latent(no_comfy):
-    _, _, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32", memory_mode="full",
-                        blocks_on_gpu=0)
+def test_decode_refuses_an_image_model_latent(comfyui):
+    _, _, vae, _ = _load("demo-inp")
     with pytest.raises(ValueError, match=r"\(1, 4, 64, 64\).*EasyAnimate video latents"):
         _run("EasyAnimateDecode", vae=vae, samples={"samples": torch.zeros(1, 4, 64, 64)}, tile_size=0)

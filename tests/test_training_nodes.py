@@ -1,4 +1,4 @@
-"""The training nodes with ComfyUI's hooks faked: the dataset node, the trainer subprocess streamed into the
+"""The training nodes inside the real ComfyUI modules: the dataset node, the trainer subprocess streamed into the
 progress bar, Cancel stopping it, and the trained LoRA loaded by path."""
 
 from __future__ import annotations
@@ -6,10 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import torch
 from conftest import load_pack
-from fake_comfy import Interrupted as _Interrupted
-from fake_comfy import install_fake_comfy
 from test_training import BAD_ENTRIES, write_dataset
 
 from easyanimate_core.demo import write_demo_model
@@ -41,20 +38,13 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture()
-def comfy(monkeypatch, models_dir, runs):
-    """Stand-ins for the ComfyUI modules nodes/_comfy.py uses; records progress, freed memory and interrupt checks."""
-    record = {"progress": [], "freed": [], "interrupt_after_step": None}
+def comfy(comfyui, monkeypatch, runs):
+    """The real ComfyUI (conftest.py) with its output folder holding ``runs``."""
+    import folder_paths
 
-    def check():
-        limit = record["interrupt_after_step"]
-        if limit is not None and record["progress"] and record["progress"][-1][0] >= limit:
-            raise _Interrupted("Processing interrupted")
-
-    install_fake_comfy(monkeypatch, on_progress=lambda value, total, _: record["progress"].append((value, total)),
-                       on_check=check, freed=record["freed"], get_folder_paths=lambda name: [str(models_dir)],
-                       get_output_directory=lambda: str(runs.parent))
+    monkeypatch.setattr(folder_paths, "output_directory", str(runs.parent))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: one thread is fastest (see test_training.py)
-    return record
+    return comfyui
 
 
 def _run(node_id, **inputs):
@@ -75,24 +65,20 @@ def test_the_dataset_node_reads_a_metadata_file_or_a_captioned_folder(metadata, 
 
 
 def test_the_training_node_streams_progress_and_returns_a_loadable_lora(comfy, metadata, models_dir, runs):
-    from easyanimate_core.loading import load_scheduler, load_transformer
-
     (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
     assert NODES["EasyAnimateTrainLoRA"].INPUT_TYPES()["required"]["model"][0] == ["demo-t2v"]
     path, log = _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
                      **dict(TRAIN_INPUTS, output_dir=runs.name))
     assert path == str(runs / "stripes" / "stripes.safetensors")
     assert len(list((runs / "cache" / "latents").iterdir())) == 4
-    assert comfy["progress"] == [(1, 3), (2, 3), (3, 3)]
+    assert [p[:2] for p in comfy["progress"]] == [(1, 3), (2, 3), (3, 3)]
     assert comfy["freed"] and "step 3/3 loss=" in log and log.splitlines()[-1] == f"lora={path}"
 
-    from easyanimate_pack.nodes._types import ModelBundle
-
-    model = ModelBundle(load_transformer(models_dir / "demo-t2v", dtype=torch.float32),
-                        load_scheduler(models_dir / "demo-t2v"), None, str(models_dir / "demo-t2v"))
+    model, _, _, _ = _run("EasyAnimateModelLoader", model="demo-t2v", precision="fp32", memory_mode="full",
+                          blocks_on_gpu=-1, weight_dtype="default")
     (with_lora,) = _run("EasyAnimateLoraLoaderFromPath", model=model, lora_path=path, strength=0.8)
-    assert model.loras == () and len(with_lora.loras) == 1 and with_lora.loras[0][1] == 0.8
-    assert len(with_lora.loras[0][0].layers) == 33
+    assert model.patches == {} and len(with_lora.patches) == 33
+    assert {patch[0] for patches in with_lora.patches.values() for patch in patches} == {0.8}
 
 
 def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monkeypatch):
@@ -106,8 +92,10 @@ def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monk
 
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
-    comfy["interrupt_after_step"] = 2
-    with pytest.raises(_Interrupted):
+    import comfy.model_management as mm
+
+    comfy["interrupt_after"] = 2
+    with pytest.raises(mm.InterruptProcessingException):
         _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
              **dict(TRAIN_INPUTS, output_dir=runs.name, name="cancelled", steps=500))
     (process,) = started
@@ -117,7 +105,7 @@ def test_cancel_stops_the_trainer_and_leaves_no_lora(comfy, metadata, runs, monk
     assert (run / "checkpoints" / "checkpoint-000002" / "lora.safetensors").is_file()
     assert comfy["progress"][-1][0] < 500
 
-    comfy["interrupt_after_step"] = None
+    comfy["interrupt_after"] = None
     with pytest.raises(RuntimeError, match="(?s)LoRA training failed.*holds checkpoints of an earlier run"):
         _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
              **dict(TRAIN_INPUTS, output_dir=runs.name, name="cancelled", steps=500))

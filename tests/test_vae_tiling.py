@@ -14,7 +14,6 @@ from conftest import load_pack
 
 from easyanimate_core import vae_tiling
 from easyanimate_core.config import VAEConfig
-from easyanimate_core.memory import Placement
 from easyanimate_core.vae import MagvitVAE
 from easyanimate_core.vae_tiling import MIN_AUTO_TILE, VAEOutOfMemoryError, estimate_bytes, plan_tile
 
@@ -136,18 +135,23 @@ def test_out_of_memory_with_the_smallest_tile_says_what_to_do(vae, monkeypatch):
     assert caught.value.__context__ is None and caught.value.__cause__ is None  # no traceback holding tensors
 
 
-def test_decode_node_tile_size_0_is_automatic(monkeypatch):
+def test_decode_node_tile_size_0_is_automatic(comfyui, monkeypatch):
     pack = load_pack()
     tiling = importlib.import_module(f"{pack.__name__}.easyanimate_core.vae_tiling")
-    comfy = importlib.import_module(f"{pack.__name__}.nodes._comfy")
-    types = importlib.import_module(f"{pack.__name__}.nodes._types")
+    native = importlib.import_module(f"{pack.__name__}.nodes._native")
     node = pack.NODE_CLASS_MAPPINGS["EasyAnimateDecode"]()
     torch.manual_seed(0)
     model = importlib.import_module(f"{pack.__name__}.easyanimate_core.vae").MagvitVAE(CONFIG).eval()
-    bundle = types.VAEBundle(model, Placement("full", torch.device("cpu"), torch.device("cpu")))
-    samples = {"samples": latents(2, 16, 24) * CONFIG.scaling_factor}
+    bundle = native.component_patcher(model)
+    samples = {"samples": latents(2, 16, 24)}
     asked = []
-    monkeypatch.setattr(comfy, "make_room", asked.append)
+    real_load = native.load_on_device
+
+    def recording_load(patcher, memory_required=0, **kwargs):
+        asked.append(memory_required)
+        return real_load(patcher, memory_required, **kwargs)
+
+    monkeypatch.setattr(native, "load_on_device", recording_load)
     monkeypatch.setattr(tiling, "free_memory", lambda device: FREE_PLENTY)
 
     (whole,) = node.decode(vae=bundle, samples=samples, tile_size=0)
@@ -159,4 +163,4 @@ def test_decode_node_tile_size_0_is_automatic(monkeypatch):
     (auto,) = node.decode(vae=bundle, samples=samples, tile_size=0)
     (explicit,) = node.decode(vae=bundle, samples=samples, tile_size=128)
     assert torch.equal(auto, explicit) and not torch.equal(auto, whole)
-    assert len(asked) == 2  # an explicit tile size asks ComfyUI for nothing
+    assert asked[1:] == [asked[0], 0]  # an explicit tile size asks ComfyUI for no activation room

@@ -10,13 +10,14 @@ import pytest
 from conftest import REPO_ROOT, load_pack
 
 pack = load_pack()
-MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora", "lora_training")
+MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora", "lora_training", "native")
 WORKFLOWS = {mode: REPO_ROOT / "workflows" / f"easyanimate_{mode}.json" for mode in MODES}
 # Input specs of the ComfyUI core nodes the workflows use, as ComfyUI's /object_info reports them.
 CORE = json.loads((Path(__file__).parent / "data" / "comfyui_core_nodes.json").read_text(encoding="utf-8"))
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Combos whose options come from the user's disk: any name is valid in a shipped workflow.
 DYNAMIC_COMBOS = {("EasyAnimateModelLoader", "model"), ("EasyAnimateLoraLoader", "lora_name"),
+                  ("LoraLoaderModelOnly", "lora_name"),
                   ("EasyAnimateTrainLoRA", "model"), ("LoadImage", "image"), ("LoadVideo", "file")}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
@@ -123,10 +124,13 @@ def test_each_mode_uses_the_inputs_of_its_mode():
     expected = {"i2v": "start_image", "v2v": "input_video", "control": "control_video", "trajectory": "trajectory",
                 "camera": "camera"}
     for mode, path in WORKFLOWS.items():
+        if mode == "native":
+            continue
         workflow = json.loads(path.read_text(encoding="utf-8"))
         sampler = next(n for n in workflow["nodes"] if n["type"] == "EasyAnimateSampler")
         connected = {i["name"] for i in sampler["inputs"] if i["link"] is not None}
-        assert connected - {"model", "vae", "conditioning"} == ({expected[mode]} if mode in expected else set()) | (
+        assert connected - {"model", "vae", "positive", "negative"} == (
+            {expected[mode]} if mode in expected else set()) | (
             {"reference_image"} if mode in ("control", "trajectory", "camera") else set())
     lora = json.loads(WORKFLOWS["lora"].read_text(encoding="utf-8"))
     assert any(n["type"] == "EasyAnimateLoraLoader" for n in lora["nodes"])
@@ -135,6 +139,17 @@ def test_each_mode_uses_the_inputs_of_its_mode():
     flows = {(types[src], types[dst]) for _, src, _, dst, _, _ in training["links"]}
     assert {("EasyAnimateTrainingDataset", "EasyAnimateTrainLoRA"), ("EasyAnimateTrainLoRA",
             "EasyAnimateLoraLoaderFromPath"), ("EasyAnimateLoraLoaderFromPath", "EasyAnimateSampler")} <= flows
+
+
+def test_the_native_workflow_samples_with_core_nodes():
+    workflow = json.loads(WORKFLOWS["native"].read_text(encoding="utf-8"))
+    types = {n["id"]: n["type"] for n in workflow["nodes"]}
+    flows = {(types[src], types[dst]) for _, src, _, dst, _, _ in workflow["links"]}
+    assert {("EasyAnimateModelLoader", "LoraLoaderModelOnly"), ("LoraLoaderModelOnly", "EasyCache"),
+            ("EasyCache", "CFGGuider"), ("EasyAnimateConditioning", "CFGGuider"),
+            ("EasyAnimateScheduler", "SamplerCustomAdvanced"), ("EasyAnimateConditioning", "SamplerCustomAdvanced"),
+            ("SamplerCustomAdvanced", "EasyAnimateDecode"), ("LoadImage", "EasyAnimateConditioning")} <= flows
+    assert "EasyAnimateSampler" not in types.values()
 
 
 def test_files_are_what_the_builder_writes():

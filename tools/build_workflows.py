@@ -27,14 +27,14 @@ class Node:
 
 
 def loader(model: str) -> Node:
-    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY, -1],
-                outputs=[("model", "EASYANIMATE_MODEL"), ("text_encoder", "EASYANIMATE_TEXT_ENCODER"),
-                         ("vae", "EASYANIMATE_VAE"), ("info", "STRING")], size=(360, 175))
+    return Node("EasyAnimateModelLoader", [model, "bf16", MEMORY, -1, "default"],
+                outputs=[("model", "MODEL"), ("text_encoder", "EASYANIMATE_TEXT_ENCODER"),
+                         ("vae", "EASYANIMATE_VAE"), ("info", "STRING")], size=(360, 200))
 
 
 def text_encode(prompt: str) -> Node:
     return Node("EasyAnimateTextEncode", [prompt, NEGATIVE], inputs=[("text_encoder", "EASYANIMATE_TEXT_ENCODER")],
-                outputs=[("conditioning", "EASYANIMATE_CONDITIONING")], size=(400, 260))
+                outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], size=(400, 260))
 
 
 SAMPLER_OPTIONAL = [("start_image", "IMAGE"), ("end_image", "IMAGE"), ("input_video", "IMAGE"),
@@ -44,8 +44,8 @@ SAMPLER_OPTIONAL = [("start_image", "IMAGE"), ("end_image", "IMAGE"), ("input_vi
 
 def sampler(strength: float = 1.0, steps: int = 50) -> Node:
     return Node("EasyAnimateSampler", [672, 384, 49, steps, 6.0, 43, "fixed", strength],
-                inputs=[("model", "EASYANIMATE_MODEL"), ("vae", "EASYANIMATE_VAE"),
-                        ("conditioning", "EASYANIMATE_CONDITIONING"), *SAMPLER_OPTIONAL],
+                inputs=[("model", "MODEL"), ("vae", "EASYANIMATE_VAE"), ("positive", "CONDITIONING"),
+                        ("negative", "CONDITIONING"), *SAMPLER_OPTIONAL],
                 outputs=[("samples", "LATENT")], size=(340, 420))
 
 
@@ -128,7 +128,8 @@ def _base(model: str, prompt: str, note_text: str, strength: float = 1.0, steps:
              "sampler": sampler(strength, steps), "decode": decode(), "video": create_video(),
              "save": save_video("")}
     links = [("loader", "model", "sampler", "model"), ("loader", "vae", "sampler", "vae"),
-             ("loader", "text_encoder", "text", "text_encoder"), ("text", "conditioning", "sampler", "conditioning"),
+             ("loader", "text_encoder", "text", "text_encoder"), ("text", "positive", "sampler", "positive"),
+             ("text", "negative", "sampler", "negative"),
              ("loader", "vae", "decode", "vae"), ("sampler", "samples", "decode", "samples"),
              ("decode", "frames", "video", "images"), ("video", "VIDEO", "save", "video")]
     return nodes, links
@@ -213,7 +214,7 @@ def workflows() -> dict[str, dict]:
                          "(official EasyAnimate, diffusers/PEFT or our trainer's format) and pick it. Chain more "
                          "LoRA loaders to stack styles.")
     nodes["lora"] = Node("EasyAnimateLoraLoader", ["easyanimate_style.safetensors", 0.8],
-                         inputs=[("model", "EASYANIMATE_MODEL")], outputs=[("model", "EASYANIMATE_MODEL")],
+                         inputs=[("model", "MODEL")], outputs=[("model", "MODEL")],
                          size=(340, 110))
     nodes["save"].widgets[0] = "EasyAnimate/lora"
     links = [link for link in links if link[2:] != ("sampler", "model")]
@@ -221,7 +222,58 @@ def workflows() -> dict[str, dict]:
     _layout(nodes, [["note", "loader", "lora"], ["text"], ["sampler"], ["decode", "video"], ["save"]])
     out["lora"] = _build(nodes, links)
     out["lora_training"] = lora_training(prompt)
+    out["native"] = native(prompt)
     return out
+
+
+def native(prompt: str) -> dict:
+    """Image-to-video with ComfyUI's own sampling nodes on the EasyAnimate MODEL: LoraLoaderModelOnly, EasyCache,
+    EasyAnimate Conditioning, then SamplerCustomAdvanced with euler and EasyAnimate Scheduler."""
+    model = "EasyAnimateV5.1-7b-zh-InP"
+    nodes = {
+        "note": note(model, "EasyAnimate with ComfyUI's own nodes: LoraLoaderModelOnly takes EasyAnimate LoRAs "
+                     "(official, diffusers/PEFT or our trainer's), EasyCache skips steps whose output barely "
+                     "changes, and SamplerCustomAdvanced samples with euler on EasyAnimate Scheduler's sigmas, "
+                     "which equals EasyAnimate Sampler. Any other sampler or KSampler works too. Load the first "
+                     "frame in Load Image; bypass the LoRA node (Ctrl+B) if you have no LoRA."),
+        "loader": loader(model), "text": text_encode(prompt), "image": load_image(),
+        "lora": Node("LoraLoaderModelOnly", ["easyanimate_style.safetensors", 0.8], inputs=[("model", "MODEL")],
+                     outputs=[("MODEL", "MODEL")], size=(320, 110)),
+        "cache": Node("EasyCache", [0.2, 0.15, 0.95, False], inputs=[("model", "MODEL")],
+                      outputs=[("MODEL", "MODEL")], size=(320, 160)),
+        "condition": Node("EasyAnimateConditioning", [672, 384, 49, 43],
+                          inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                  ("vae", "EASYANIMATE_VAE"), *SAMPLER_OPTIONAL],
+                          outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                   ("latent", "LATENT")], size=(340, 330)),
+        "noise": Node("RandomNoise", [43, "fixed"], outputs=[("NOISE", "NOISE")], size=(300, 110)),
+        "guider": Node("CFGGuider", [6.0], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
+                                                   ("negative", "CONDITIONING")],
+                       outputs=[("GUIDER", "GUIDER")], size=(300, 110)),
+        "select": Node("KSamplerSelect", ["euler"], outputs=[("SAMPLER", "SAMPLER")], size=(300, 80)),
+        "schedule": Node("EasyAnimateScheduler", [50, 1.0], inputs=[("model", "MODEL")],
+                         outputs=[("sigmas", "SIGMAS")], size=(300, 110)),
+        "sample": Node("SamplerCustomAdvanced", [], inputs=[("noise", "NOISE"), ("guider", "GUIDER"),
+                                                           ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                                                           ("latent_image", "LATENT")],
+                       outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], size=(300, 160)),
+        "decode": decode(), "video": create_video(), "save": save_video("EasyAnimate/native"),
+    }
+    links = [("loader", "model", "lora", "model"), ("lora", "MODEL", "cache", "model"),
+             ("loader", "text_encoder", "text", "text_encoder"),
+             ("cache", "MODEL", "condition", "model"), ("text", "positive", "condition", "positive"),
+             ("text", "negative", "condition", "negative"), ("loader", "vae", "condition", "vae"),
+             ("image", "IMAGE", "condition", "start_image"),
+             ("cache", "MODEL", "guider", "model"), ("condition", "positive", "guider", "positive"),
+             ("condition", "negative", "guider", "negative"), ("cache", "MODEL", "schedule", "model"),
+             ("noise", "NOISE", "sample", "noise"), ("guider", "GUIDER", "sample", "guider"),
+             ("select", "SAMPLER", "sample", "sampler"), ("schedule", "sigmas", "sample", "sigmas"),
+             ("condition", "latent", "sample", "latent_image"), ("loader", "vae", "decode", "vae"),
+             ("sample", "output", "decode", "samples"), ("decode", "frames", "video", "images"),
+             ("video", "VIDEO", "save", "video")]
+    _layout(nodes, [["note", "loader", "image"], ["lora", "cache", "text"], ["condition"],
+                    ["noise", "guider", "select", "schedule"], ["sample", "decode", "video"], ["save"]])
+    return _build(nodes, links)
 
 
 def lora_training(prompt: str) -> dict:
@@ -242,8 +294,8 @@ def lora_training(prompt: str) -> dict:
         True, True, 100, 42, "fixed", True, prompt], inputs=[("dataset", "EASYANIMATE_DATASET")],
         outputs=[("lora_path", "STRING"), ("log", "STRING")], size=(380, 620))
     nodes["lora"] = Node("EasyAnimateLoraLoaderFromPath", [1.0],
-                         inputs=[("model", "EASYANIMATE_MODEL"), ("lora_path", "STRING")],
-                         outputs=[("model", "EASYANIMATE_MODEL")], size=(340, 110))
+                         inputs=[("model", "MODEL"), ("lora_path", "STRING")],
+                         outputs=[("model", "MODEL")], size=(340, 110))
     links = [link for link in links if link[2:] != ("sampler", "model")]
     links += [("dataset", "dataset", "train", "dataset"), ("train", "lora_path", "lora", "lora_path"),
               ("loader", "model", "lora", "model"), ("lora", "model", "sampler", "model")]

@@ -1,0 +1,369 @@
+"""EasyAnimate as a native ComfyUI model: the ModelPatcher / model_base glue (DESIGN.md section 6).
+
+The transformer is our core's, built through a namespace of ``comfy.ops`` layers and ComfyUI's optimized attention,
+inside a ``comfy.model_base.BaseModel`` with a 16-channel 3D latent format (the VAE's scaling factor) and flow model
+sampling equal to the released schedule (shift e, multiplier 1000). A ``ModelPatcher`` holds it, so ComfyUI
+counts, moves and evicts its weights, applies LoRAs as weight patches, and its samplers, TorchCompileModel,
+EasyCache and ModelSamplingSD3 work on it. The text encoder and the VAE are ModelPatchers too.
+
+The variant channels reach the model through the conditioning: EasyAnimate Conditioning stores the InP or control
+latents (model space, batch 1) under :data:`INPAINT_KEY` / :data:`CONTROL_KEY` in each conditioning entry, and
+:meth:`EasyAnimateModel.extra_conds` hands them to the transformer.
+
+Every function imports ComfyUI inside: this module is only used when the nodes run in ComfyUI (or its tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+INPAINT_KEY = "easyanimate_inpaint_latents"
+CONTROL_KEY = "easyanimate_control_latents"
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")  # as ComfyUI's UNETLoader offers them
+_FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def comfy_layer_ops(weight_dtype: torch.dtype | None, compute_dtype: torch.dtype, load_device, fast_fp8: bool):
+    """Our layer namespace made of ComfyUI's layers: its weight casting, LoRA patches and low-VRAM streaming
+    apply to every layer, and attention goes through ComfyUI's optimized attention (its --use-*-attention flags)."""
+    import comfy.ldm.modules.attention as comfy_attention
+    import comfy.ops
+
+    from ..easyanimate_core import ops
+
+    linear_ops = comfy.ops.pick_operations(weight_dtype or compute_dtype, compute_dtype, load_device=load_device,
+                                           fp8_optimizations=fast_fp8)
+    # The fp32 norms get fp32 inputs beside bf16 weights: only ComfyUI's casting layers compute those.
+    cast = comfy.ops.manual_cast
+
+    class RMSNorm(ops.RMSNorm, comfy.ops.CastWeightBiasOp):
+        comfy_cast_weights = True
+        bias = None
+
+        def cast_weight(self, x: torch.Tensor) -> torch.Tensor:
+            weight, _ = comfy.ops.cast_bias_weight(self, x)
+            return weight
+
+    def attention(q, k, v):
+        # [B, heads, N, head_dim] x 3 -> [B, N, heads * head_dim] -> [B, N, heads, head_dim]
+        out = comfy_attention.optimized_attention(q, k, v, heads=q.shape[1], skip_reshape=True)
+        return out.unflatten(2, (q.shape[1], -1))
+
+    return ops.LayerOps(Linear=linear_ops.Linear, Conv2d=linear_ops.Conv2d, Conv3d=linear_ops.Conv3d,
+                        LayerNorm=cast.LayerNorm, GroupNorm=cast.GroupNorm, RMSNorm=RMSNorm, attention=attention)
+
+
+def _native_transformer_class():
+    import comfy.patcher_extension as extension
+
+    from ..easyanimate_core.transformer import EasyAnimateTransformer
+
+    class NativeEasyAnimateTransformer(EasyAnimateTransformer):
+        """The core transformer with the call ComfyUI's BaseModel makes, running ComfyUI's diffusion-model wrappers
+        (EasyCache and friends) around the core forward."""
+
+        load_device = None  # where it computes, whatever part of its weights ComfyUI keeps on the host
+
+        @property
+        def device(self) -> torch.device:
+            return self.load_device if self.load_device is not None else super().device
+
+        def forward(self, x, timestep, context, control=None, transformer_options=None, inpaint_latents=None,
+                    control_latents=None, **kwargs):
+            transformer_options = transformer_options if transformer_options is not None else {}
+            wrappers = extension.get_all_wrappers(extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+            return extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+                x, timestep, context, inpaint_latents, control_latents, transformer_options)
+
+        def _forward(self, x, timestep, context, inpaint_latents, control_latents, transformer_options):
+            return EasyAnimateTransformer.forward(self, x, timestep, context, inpaint_latents=inpaint_latents,
+                                                  control_latents=control_latents)
+
+    return NativeEasyAnimateTransformer
+
+
+def _model_classes():
+    """(latent format, model config, BaseModel subclass, ModelPatcher subclass), built once per process."""
+    global _CLASSES
+    if _CLASSES is not None:
+        return _CLASSES
+    import comfy.conds
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models_base
+
+    class EasyAnimateLatentFormat(comfy.latent_formats.LatentFormat):
+        latent_channels = 16
+        latent_dimensions = 3
+
+        def __init__(self, scale_factor: float = 1.0):
+            self.scale_factor = scale_factor
+
+    class EasyAnimateConfig(comfy.supported_models_base.BASE):
+        unet_config = {"disable_unet_model_creation": True}
+        unet_extra_config = {}
+        # The released schedule: dynamic shifting with mu = 1, i.e. a constant shift of e, timesteps = 1000 sigma.
+        sampling_settings = {"shift": math.e, "multiplier": 1000}
+        latent_format = EasyAnimateLatentFormat
+
+    class EasyAnimateModel(comfy.model_base.BaseModel):
+        """``diffusion_model`` is our transformer; ``easyanimate_scheduler`` the model folder's flow scheduler (for
+        EasyAnimate Sampler's exact reference loop); ``weight_budget`` bytes of weights ComfyUI may keep on the
+        device (None: as many as ComfyUI decides), for the sequential and block-swap memory modes."""
+
+        def __init__(self, model_config, transformer, scheduler, weight_budget, device=None):
+            super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+            self.diffusion_model = transformer
+            self.easyanimate_scheduler = scheduler
+            self.weight_budget = weight_budget
+            self.memory_usage_factor_conds = ()
+
+        def extra_conds(self, **kwargs):
+            out = super().extra_conds(**kwargs)
+            config = self.diffusion_model.config
+            noise = kwargs["noise"]  # [B, 16, T, h, w]
+            inpaint, control = kwargs.get(INPAINT_KEY), kwargs.get(CONTROL_KEY)
+            check_conditioning(config, inpaint is not None, control is not None)
+            if inpaint is None and config.variant == "inp":  # text-to-video through an InP model
+                inpaint = noise.new_zeros((1, config.in_channels - config.out_channels, *noise.shape[2:]))
+            if inpaint is not None:
+                out["inpaint_latents"] = comfy.conds.CONDNoiseShape(inpaint)
+            if control is not None:
+                out["control_latents"] = comfy.conds.CONDNoiseShape(control)
+            return out
+
+        def memory_required(self, input_shape, cond_shapes=None):
+            # Our counted activation peak of one forward; the text is 256 tokens for every prompt.
+            return self.diffusion_model.activation_bytes(tuple(input_shape), 256)
+
+    class EasyAnimatePatcher(comfy.model_patcher.ModelPatcher):
+        """A ModelPatcher that keeps at most the model's ``weight_budget`` bytes of weights on the device; the rest
+        stream in layer by layer through ComfyUI's low-VRAM casting (``--lowvram`` for this one model)."""
+
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            budget = getattr(self.model, "weight_budget", None)
+            if budget is not None:
+                lowvram_model_memory = budget if full_load or not lowvram_model_memory else min(
+                    lowvram_model_memory, budget)
+                full_load = False
+            return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
+                                force_patch_weights=force_patch_weights, full_load=full_load)
+
+    _CLASSES = (EasyAnimateLatentFormat, EasyAnimateConfig, EasyAnimateModel, EasyAnimatePatcher)
+    return _CLASSES
+
+
+_CLASSES = None
+
+
+def require_easyanimate(model, node: str) -> None:
+    """Refuse a ComfyUI MODEL that holds no EasyAnimate transformer, naming what it holds."""
+    base = getattr(model, "model", None)
+    if not hasattr(base, "easyanimate_scheduler"):
+        raise ValueError(f"{node} needs an EasyAnimate model from EasyAnimate Model Loader; it got "
+                         f"{type(base).__name__ if base is not None else type(model).__name__}.")
+
+
+def prompt_states(conditioning, name: str, config) -> torch.Tensor:
+    """The text states [1, L, text_embed_dim] of a CONDITIONING from EasyAnimate Text Encode; anything else (another
+    text encoder's conditioning, several combined prompts) is refused by name."""
+    try:
+        states = conditioning[0][0]
+        ok = len(conditioning) == 1 and states.ndim == 3 and states.shape[0] == 1
+    except (TypeError, IndexError, AttributeError):
+        ok = False
+    if not ok or states.shape[2] != config.text_embed_dim:
+        shape = tuple(states.shape) if ok else type(conditioning).__name__
+        raise ValueError(f"the {name} conditioning ({shape}) is not one prompt from EasyAnimate Text Encode, which "
+                         f"gives [1, 256, {config.text_embed_dim}] states for the {config.variant_description}: "
+                         f"connect EasyAnimate Text Encode (no Conditioning Combine / Concat).")
+    return states
+
+
+def check_latent(samples, node: str) -> torch.Tensor:
+    """The ``[B, 16, T, h, w]`` tensor of an EasyAnimate LATENT; another model's LATENT is refused by name."""
+    latents = samples.get("samples") if isinstance(samples, dict) else None
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != 16:
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"{node}: samples have shape {shape}: expected EasyAnimate video latents "
+                         f"[B, 16, T, H/8, W/8] (from EasyAnimate Sampler, Conditioning, Encode or a KSampler on an "
+                         f"EasyAnimate model, not an image model's LATENT).")
+    return latents
+
+
+def check_conditioning(config, has_inpaint: bool, has_control: bool) -> None:
+    """Refuse variant channels the model cannot take (or a Control model without its control channels), naming the
+    model to load."""
+    from ..easyanimate_core.conditioning import require_variant
+
+    if has_inpaint:
+        require_variant(config, "i2v")
+    if has_control:
+        require_variant(config, "camera" if config.variant == "control_camera" else "control")
+    if config.variant in ("control", "control_camera") and not has_control:
+        raise ValueError(f"the {config.variant_description} needs control channels: connect EasyAnimate Conditioning "
+                         f"(with a control video, trajectory or camera path) between the text encoder and the "
+                         f"sampler.")
+
+
+def weight_budget(transformer, memory_mode: str, blocks_on_gpu: int) -> int | None:
+    """Bytes of transformer weights ComfyUI may keep on the device in a memory mode; None: ComfyUI decides."""
+    from ..easyanimate_core.memory import module_bytes
+
+    if memory_mode == "sequential_cpu_offload":
+        return 0
+    if memory_mode != "block_swap" or blocks_on_gpu < 0:
+        return None
+    blocks = transformer.repeated_blocks()
+    other = module_bytes(transformer) - sum(module_bytes(b) for b in blocks)
+    return other + sum(module_bytes(b) for b in blocks[:blocks_on_gpu])
+
+
+def load_model(folder: Path, dtype: torch.dtype, weight_dtype: str, memory_mode: str, blocks_on_gpu: int,
+               latent_scale: float):
+    """The model folder's transformer as a ComfyUI MODEL (an EasyAnimatePatcher over an EasyAnimateModel);
+    ``latent_scale`` is the VAE's scaling factor.
+
+    ``weight_dtype`` as UNETLoader names it; the fp8 memory modes store fp8_e4m3fn when it is "default". The
+    high-precision layers the transformer names stay in ``dtype`` whatever the choice."""
+    import comfy.model_management as mm
+
+    from ..easyanimate_core.loading import load_scheduler, load_transformer
+    from ..easyanimate_core.memory import FP8_MODES
+
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r}: expected one of {WEIGHT_DTYPES}.")
+    if weight_dtype == "default" and memory_mode in FP8_MODES:
+        weight_dtype = "fp8_e4m3fn"
+    storage = _FP8.get(weight_dtype)
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    fast = weight_dtype == "fp8_e4m3fn_fast"
+    latent_format, config_class, model_class, patcher_class = _model_classes()
+    transformer = load_transformer(folder, dtype=dtype, device=offload_device, weight_dtype=storage,
+                                   ops=comfy_layer_ops(storage, dtype, load_device, fast),
+                                   model_class=_native_transformer_class())
+    transformer.load_device = load_device
+    config = config_class({"disable_unet_model_creation": True})
+    config.latent_format = latent_format(latent_scale)
+    config.manual_cast_dtype = dtype if storage is not None else None
+    config.optimizations["fp8"] = fast
+    model = model_class(config, transformer, load_scheduler(folder),
+                        weight_budget(transformer, memory_mode, blocks_on_gpu), device=load_device)
+    install_lora_key_map()
+    return patcher_class(model, load_device=load_device, offload_device=offload_device)
+
+
+def offload_device() -> torch.device:
+    """Where ComfyUI keeps models between uses (system RAM, or the GPU with --gpu-only / --highvram)."""
+    import comfy.model_management as mm
+
+    return mm.unet_offload_device()
+
+
+class Component(torch.nn.Module):
+    """The text encoder or the VAE inside a ModelPatcher, which keeps its own bookkeeping (``device``, loaded
+    bytes...) as attributes of the module it holds: this holder takes them, so our modules keep their properties."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.component = module
+
+
+def component_patcher(module: torch.nn.Module):
+    """A plain ModelPatcher for the text encoder or the VAE (loaded whole when used, evicted by ComfyUI)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(Component(module), load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def component(patcher) -> torch.nn.Module:
+    """The text encoder or VAE a :func:`component_patcher` holds; anything else is refused by name."""
+    held = getattr(getattr(patcher, "model", None), "component", None)
+    if held is None:
+        raise ValueError(f"expected the text encoder or VAE of EasyAnimate Model Loader, got {type(patcher).__name__}.")
+    return held
+
+
+def load_on_device(patcher, memory_required: int = 0, *, whole: bool = True) -> None:
+    """Ask ComfyUI to place ``patcher`` on its device (evicting other models as needed), ``memory_required`` bytes
+    of activations beside it. ``whole``: no low-VRAM streaming (text encoder and VAE, built from plain layers)."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=whole)
+
+
+# ---------------------------------------------------------------- LoRA patches
+
+
+def _lora_key_map(model) -> dict[str, str]:
+    """LoRA key stems -> state-dict keys for an EasyAnimate model, beyond ComfyUI's generic ones: the official
+    EasyAnimate / kohya names (``lora_unet__transformer_blocks_0_attn1_to_q``) and diffusers/PEFT names in either
+    layout, with or without a ``transformer.`` / ``base_model.model.`` prefix."""
+    from torch import nn
+
+    from ..easyanimate_core.loading import convert_transformer_key
+    from ..easyanimate_core.lora import OFFICIAL_PREFIX
+
+    keys = {}
+    for name, layer in model.diffusion_model.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        target = f"diffusion_model.{name}.weight"
+        diffusers = convert_transformer_key(name + ".weight", "original", "diffusers")[: -len(".weight")]
+        keys[OFFICIAL_PREFIX + name.replace(".", "_")] = target
+        for stem in {name, diffusers}:
+            for prefix in ("", "transformer.", "diffusion_model.", "base_model.model."):
+                keys[prefix + stem] = target
+    return keys
+
+
+def install_lora_key_map() -> None:
+    """Teach ``comfy.lora.model_lora_keys_unet`` (what LoraLoader / LoraLoaderModelOnly call) our key names, for
+    EasyAnimate models only; every other model gets ComfyUI's map unchanged. Idempotent."""
+    import comfy.lora
+
+    original = comfy.lora.model_lora_keys_unet
+    if getattr(original, "easyanimate", False):
+        return
+
+    def model_lora_keys_unet(model, key_map=None):
+        key_map = original(model, {} if key_map is None else key_map)
+        if hasattr(model, "easyanimate_scheduler"):
+            for stem, target in _lora_key_map(model).items():
+                key_map.setdefault(stem, target)
+        return key_map
+
+    model_lora_keys_unet.easyanimate = True
+    comfy.lora.model_lora_keys_unet = model_lora_keys_unet
+
+
+def add_lora(model, lora_file, strength: float):
+    """A clone of ``model`` with the LoRA (read by :func:`easyanimate_core.lora.read_lora`, any format) added as
+    ComfyUI weight patches, exactly as LoraLoaderModelOnly adds an official-format file."""
+    import comfy.lora
+
+    from ..easyanimate_core.lora import OFFICIAL_PREFIX
+
+    state = {}
+    for name, layer in lora_file.layers.items():
+        stem = OFFICIAL_PREFIX + name.replace(".", "_")
+        state[f"{stem}.lora_down.weight"] = layer.down
+        state[f"{stem}.lora_up.weight"] = layer.up
+        if layer.alpha is not None:
+            state[f"{stem}.alpha"] = torch.tensor(layer.alpha)
+    patches = comfy.lora.load_lora(state, comfy.lora.model_lora_keys_unet(model.model, {}))
+    clone = model.clone()
+    added = clone.add_patches(patches, strength)
+    if len(added) != len(lora_file.layers):
+        raise RuntimeError(f"{lora_file.path}: {len(added)} of {len(lora_file.layers)} LoRA layers found their "
+                           f"weight in the model.")
+    return clone
