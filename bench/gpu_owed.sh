@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 6 still owes (bench/README.md, sections 3 and 4), most important first, for a session
+# The GPU measurements issues 6 and 14 still owe (bench/README.md, sections 3, 4 and 7), most important first, for a session
 # that is lent a GPU machine. Each case is one command under `timeout` that writes its log to $OUT (or
 # bench-gpu-logs/); name the cases to run, since one device command may run 10 minutes at most:
 #
@@ -13,6 +13,10 @@
 #   .venv/bin/pip download --no-deps -d .whl diffusers==0.42.1 optimum-quanto==0.2.7 importlib_metadata==10.2.0
 # and start the device command with
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+# The native_* cases (issue 14) import the real ComfyUI: run `bash tools/setup_comfyui.sh` here first, carry
+# .comfyui/ComfyUI, and add the wheels of ComfyUI's requirements the device image lacks to .whl (at least psutil,
+# torchsde, trampoline, scipy, pyyaml, aiohttp and its dependencies, av, spandrel, kornia, pydantic,
+# pydantic-settings, alembic, SQLAlchemy; `python3 -c "import comfy.model_base"` on the device tells what is missing).
 set -u
 out="${OUT:-bench-gpu-logs}"
 limit="${LIMIT:-570}"
@@ -28,8 +32,14 @@ declare -A cases=(
   [bf16_576]="$mm --config 12b --size 576x1008x49 --steps 10 --modes full,model_cpu_offload,block_swap"
   [7b_384]="$mm --config 7b --size 384x672x49 --steps 10 --modes full,model_cpu_offload,model_cpu_offload_and_qfloat8"
   [7b_576]="$mm --config 7b --size 576x1008x49 --steps 10 --modes full,model_cpu_offload_and_qfloat8,block_swap"
+  [native_default]="python3 bench/gpu_native.py --config 12b --setting default"
+  [native_lowvram]="python3 bench/gpu_native.py --config 12b --setting lowvram"
+  [native_fp8]="python3 bench/gpu_native.py --config 12b --setting fp8_e4m3fn"
+  [native_fp8_fast]="python3 bench/gpu_native.py --config 12b --setting fp8_e4m3fn_fast"
+  [native_swap8]="python3 bench/gpu_native.py --config 12b --setting block_swap:8"
 )
-order=(step_12b fp8_576 swap_12b vae_576 bf16_384 fp8_384 offload_384 bf16_576 7b_384 7b_576)
+order=(step_12b fp8_576 swap_12b vae_576 bf16_384 fp8_384 offload_384 bf16_576 7b_384 7b_576 native_default
+       native_lowvram native_fp8 native_fp8_fast native_swap8)
 
 if [ "$#" -eq 0 ] || [ "$1" = "--list" ]; then
   for name in "${order[@]}"; do echo "$name: ${cases[$name]}"; done

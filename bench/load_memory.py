@@ -1,4 +1,5 @@
-"""Peak host memory of loading a >= 1 GB transformer checkpoint: our loader against diffusers' from_pretrained.
+"""Peak host memory of loading a >= 1 GB transformer checkpoint: our loader, the native ComfyUI loader (our loader
+building comfy.ops layers into a ModelPatcher, with the real ComfyUI imported) and diffusers' from_pretrained.
 
 The parent process writes random checkpoints (original layout for ours, diffusers layout for diffusers; bf16 and
 fp32) to a temporary folder; every load then runs in a fresh subprocess, so neither the writer's memory nor another
@@ -78,6 +79,16 @@ def measure(loader: str, folder: Path, dtype_name: str) -> dict:
 
         def load():
             return load_transformer(folder, dtype=dtype, device="cpu")
+    elif loader == "native":
+        sys.path.insert(0, str(benchlib.REPO_ROOT / "tests"))
+        from comfyui_env import import_comfyui
+        from conftest import load_pack
+
+        import_comfyui()
+        native = __import__(f"{load_pack().__name__}.nodes._native", fromlist=["load_model"])
+
+        def load():
+            return native.load_model(folder, dtype, "default", "model_cpu_offload", -1, 0.7125).model
     else:
         from diffusers import EasyAnimateTransformer3DModel
         from diffusers.utils import logging as diffusers_logging
@@ -146,7 +157,7 @@ def main() -> None:
               f"{benchlib.machine_description()}")
         rows = []
         for file_dtype, load_dtype in CASES:
-            for loader, layout in (("ours", "original"), ("diffusers", "diffusers")):
+            for loader, layout in (("ours", "original"), ("native", "original"), ("diffusers", "diffusers")):
                 runs = [_summary(run_child(loader, root / f"{layout}-{file_dtype}", load_dtype))
                         for _ in range(args.repeats)]
                 worst = max(runs, key=lambda r: r["ratio"])

@@ -226,38 +226,53 @@ def weight_budget(transformer, memory_mode: str, blocks_on_gpu: int) -> int | No
     return other + sum(module_bytes(b) for b in blocks[:blocks_on_gpu])
 
 
-def load_model(folder: Path, dtype: torch.dtype, weight_dtype: str, memory_mode: str, blocks_on_gpu: int,
-               latent_scale: float):
-    """The model folder's transformer as a ComfyUI MODEL (an EasyAnimatePatcher over an EasyAnimateModel);
-    ``latent_scale`` is the VAE's scaling factor.
-
-    ``weight_dtype`` as UNETLoader names it; the fp8 memory modes store fp8_e4m3fn when it is "default". The
-    high-precision layers the transformer names stay in ``dtype`` whatever the choice."""
-    import comfy.model_management as mm
-
-    from ..easyanimate_core.loading import load_scheduler, load_transformer
+def storage_dtype(weight_dtype: str, memory_mode: str) -> torch.dtype | None:
+    """The storage dtype of the transformer's large linears for UNETLoader's ``weight_dtype`` name (None: the
+    precision dtype); the fp8 memory modes store fp8_e4m3fn when it is "default"."""
     from ..easyanimate_core.memory import FP8_MODES
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r}: expected one of {WEIGHT_DTYPES}.")
     if weight_dtype == "default" and memory_mode in FP8_MODES:
-        weight_dtype = "fp8_e4m3fn"
-    storage = _FP8.get(weight_dtype)
+        return _FP8["fp8_e4m3fn"]
+    return _FP8.get(weight_dtype)
+
+
+def build(build_transformer, dtype: torch.dtype, weight_dtype: str, memory_mode: str, blocks_on_gpu: int,
+          latent_scale: float, scheduler):
+    """A ComfyUI MODEL (an EasyAnimatePatcher over an EasyAnimateModel) around the transformer that
+    ``build_transformer(ops=..., model_class=..., weight_dtype=..., device=...)`` makes, which is our core loader
+    (:func:`load_model`) or, in the benchmarks, a random model. ``latent_scale`` is the VAE's scaling factor.
+    The high-precision layers the transformer names stay in ``dtype`` whatever ``weight_dtype`` says."""
+    import comfy.model_management as mm
+
+    storage = storage_dtype(weight_dtype, memory_mode)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     fast = weight_dtype == "fp8_e4m3fn_fast"
     latent_format, config_class, model_class, patcher_class = _model_classes()
-    transformer = load_transformer(folder, dtype=dtype, device=offload_device, weight_dtype=storage,
-                                   ops=comfy_layer_ops(storage, dtype, load_device, fast),
-                                   model_class=_native_transformer_class())
+    transformer = build_transformer(ops=comfy_layer_ops(storage, dtype, load_device, fast),
+                                    model_class=_native_transformer_class(), weight_dtype=storage,
+                                    device=offload_device)
     transformer.load_device = load_device
     config = config_class({"disable_unet_model_creation": True})
     config.latent_format = latent_format(latent_scale)
     config.manual_cast_dtype = dtype if storage is not None else None
     config.optimizations["fp8"] = fast
-    model = model_class(config, transformer, load_scheduler(folder),
-                        weight_budget(transformer, memory_mode, blocks_on_gpu), device=load_device)
+    model = model_class(config, transformer, scheduler, weight_budget(transformer, memory_mode, blocks_on_gpu),
+                        device=load_device)
     install_lora_key_map()
     return patcher_class(model, load_device=load_device, offload_device=offload_device)
+
+
+def load_model(folder: Path, dtype: torch.dtype, weight_dtype: str, memory_mode: str, blocks_on_gpu: int,
+               latent_scale: float):
+    """The model folder's transformer as a ComfyUI MODEL (:func:`build`), read straight into ComfyUI's layers."""
+    from functools import partial
+
+    from ..easyanimate_core.loading import load_scheduler, load_transformer
+
+    return build(partial(load_transformer, folder, dtype=dtype), dtype, weight_dtype, memory_mode, blocks_on_gpu,
+                 latent_scale, load_scheduler(folder))
 
 
 def offload_device() -> torch.device:

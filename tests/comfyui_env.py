@@ -16,9 +16,10 @@ def comfyui_dir() -> Path:
     return Path(os.environ.get("COMFYUI_DIR") or REPO_ROOT / ".comfyui" / "ComfyUI")
 
 
-def import_comfyui() -> None:
+def import_comfyui(**flags) -> None:
     """Put ComfyUI first on ``sys.path`` (its ``nodes.py`` shadows our ``nodes/`` package as it does in ComfyUI)
-    and import it on the CPU; an error says how to set it up."""
+    and import it with its command-line ``flags`` (default: ``cpu=True``, as every test runs); an error says how to
+    set it up."""
     if "comfy.model_management" in sys.modules:
         return
     folder = comfyui_dir()
@@ -28,7 +29,8 @@ def import_comfyui() -> None:
     sys.path.insert(0, str(folder))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    for name, value in (flags or {"cpu": True}).items():
+        setattr(comfy.cli_args.args, name, value)
     import comfy.model_management  # noqa: F401
     import nodes
 
