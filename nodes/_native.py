@@ -129,6 +129,7 @@ def _model_classes():
             out = super().extra_conds(**kwargs)
             config = self.diffusion_model.config
             noise = kwargs["noise"]  # [B, 16, T, h, w]
+            check_latent({"samples": noise}, f"sampling the {config.variant_description}")
             inpaint, control = kwargs.get(INPAINT_KEY), kwargs.get(CONTROL_KEY)
             check_conditioning(config, inpaint is not None, control is not None)
             if inpaint is None and config.variant == "inp":  # text-to-video through an InP model

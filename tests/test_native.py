@@ -117,6 +117,9 @@ def test_variant_channels_are_checked_where_the_model_meets_them(comfyui):
     with pytest.raises(ValueError, match="needs control channels: connect EasyAnimate Conditioning"):
         _run(nodes.KSampler, model=model, seed=1, steps=1, cfg=5.0, sampler_name="euler", scheduler="simple",
              positive=positive, negative=negative, latent_image=empty, denoise=1.0)
+    with pytest.raises(ValueError, match=r"\(1, 4, 1, 8, 8\): expected EasyAnimate video latents"):
+        _run(nodes.KSampler, model=model, seed=1, steps=1, cfg=5.0, sampler_name="euler", scheduler="simple",
+             positive=positive, negative=negative, latent_image={"samples": torch.ones(1, 4, 8, 8)}, denoise=1.0)
     t2v, _, _, _ = _load("demo-t2v")
     with pytest.raises(ValueError, match="i2v needs an InP model"):
         _run("EasyAnimateConditioning", model=t2v, positive=positive, negative=negative, vae=vae, seed=1,
