@@ -115,17 +115,6 @@ def show_ui(node_id: str | None, ui: dict) -> None:
                      server.client_id)
 
 
-def torch_device():
-    import torch
-
-    try:
-        import comfy.model_management as mm
-
-        return mm.get_torch_device()
-    except ImportError:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def make_room(bytes_needed: int) -> None:
     """Free VRAM held by other ComfyUI models (never all of them) before one of ours moves in."""
     try:

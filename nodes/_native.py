@@ -15,6 +15,7 @@ Every function imports ComfyUI inside: this module is only used when the nodes r
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -32,7 +33,6 @@ _FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3f
 def comfy_layer_ops(weight_dtype: torch.dtype | None, compute_dtype: torch.dtype, load_device, fast_fp8: bool):
     """Our layer namespace made of ComfyUI's layers: its weight casting, LoRA patches and low-VRAM streaming
     apply to every layer, and attention goes through ComfyUI's optimized attention (its --use-*-attention flags)."""
-    import comfy.ldm.modules.attention as comfy_attention
     import comfy.ops
 
     from ..easyanimate_core import ops
@@ -41,6 +41,26 @@ def comfy_layer_ops(weight_dtype: torch.dtype | None, compute_dtype: torch.dtype
                                            fp8_optimizations=fast_fp8)
     # The fp32 norms get fp32 inputs beside bf16 weights: only ComfyUI's casting layers compute those.
     cast = comfy.ops.manual_cast
+    return ops.LayerOps(Linear=linear_ops.Linear, Conv2d=linear_ops.Conv2d, Conv3d=linear_ops.Conv3d,
+                        LayerNorm=cast.LayerNorm, GroupNorm=cast.GroupNorm, RMSNorm=_comfy_rms_norm(),
+                        attention=_comfy_attention)
+
+
+def _comfy_attention(q, k, v):
+    """ComfyUI's optimized attention, looked up per call (its flags pick SDPA, sage, flash...):
+    [B, heads, N, head_dim] x 3 -> [B, N, heads * head_dim] -> [B, N, heads, head_dim]."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    out = comfy_attention.optimized_attention(q, k, v, heads=q.shape[1], skip_reshape=True)
+    return out.unflatten(2, (q.shape[1], -1))
+
+
+@functools.cache
+def _comfy_rms_norm():
+    """Our RMSNorm with its weight fetched through ComfyUI's cast (device, dtype, weight patches, low-VRAM)."""
+    import comfy.ops
+
+    from ..easyanimate_core import ops
 
     class RMSNorm(ops.RMSNorm, comfy.ops.CastWeightBiasOp):
         comfy_cast_weights = True
@@ -50,15 +70,10 @@ def comfy_layer_ops(weight_dtype: torch.dtype | None, compute_dtype: torch.dtype
             weight, _ = comfy.ops.cast_bias_weight(self, x)
             return weight
 
-    def attention(q, k, v):
-        # [B, heads, N, head_dim] x 3 -> [B, N, heads * head_dim] -> [B, N, heads, head_dim]
-        out = comfy_attention.optimized_attention(q, k, v, heads=q.shape[1], skip_reshape=True)
-        return out.unflatten(2, (q.shape[1], -1))
-
-    return ops.LayerOps(Linear=linear_ops.Linear, Conv2d=linear_ops.Conv2d, Conv3d=linear_ops.Conv3d,
-                        LayerNorm=cast.LayerNorm, GroupNorm=cast.GroupNorm, RMSNorm=RMSNorm, attention=attention)
+    return RMSNorm
 
 
+@functools.cache
 def _native_transformer_class():
     import comfy.patcher_extension as extension
 
@@ -88,11 +103,9 @@ def _native_transformer_class():
     return NativeEasyAnimateTransformer
 
 
+@functools.cache
 def _model_classes():
     """(latent format, model config, BaseModel subclass, ModelPatcher subclass), built once per process."""
-    global _CLASSES
-    if _CLASSES is not None:
-        return _CLASSES
     import comfy.conds
     import comfy.latent_formats
     import comfy.model_base
@@ -157,11 +170,7 @@ def _model_classes():
             return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
                                 force_patch_weights=force_patch_weights, full_load=full_load)
 
-    _CLASSES = (EasyAnimateLatentFormat, EasyAnimateConfig, EasyAnimateModel, EasyAnimatePatcher)
-    return _CLASSES
-
-
-_CLASSES = None
+    return EasyAnimateLatentFormat, EasyAnimateConfig, EasyAnimateModel, EasyAnimatePatcher
 
 
 def require_easyanimate(model, node: str) -> None:
