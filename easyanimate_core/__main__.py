@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=6.0)
     gen.add_argument("--guidance-rescale", type=float, default=0.0)
+    gen.add_argument("--teacache", type=float, nargs="?", const=0.1, default=0.0, metavar="THRESHOLD",
+                     help="step caching: reuse the transformer's residual while its input barely changes "
+                          "(alone: 0.1, the official default; 0 = off; higher = faster, less faithful)")
+    gen.add_argument("--teacache-start-steps", type=int, default=1, help="first steps always computed")
+    gen.add_argument("--teacache-end-steps", type=int, default=1, help="last steps always computed")
+    gen.add_argument("--cfg-skip-ratio", type=float, default=0.0,
+                     help="share of the last steps run without the negative prompt's pass (the official option)")
     gen.add_argument("--seed", type=int, default=43)
     gen.add_argument("--strength", type=float, default=1.0, help="video-to-video denoise strength (0..1]")
     gen.add_argument("--start-image", type=Path, help="image-to-video: the first frame (InP models)")
@@ -123,11 +130,14 @@ def _trajectory(args: argparse.Namespace):
 
 def _request(args: argparse.Namespace):
     from .generation import GenerationRequest
+    from .teacache import TeaCacheOptions
     from .video import read_image, read_video
 
     return GenerationRequest(
         width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
         guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
+        teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
+        cfg_skip_ratio=args.cfg_skip_ratio,
         start_images=read_image(args.start_image) if args.start_image else None,
         end_images=read_image(args.end_image) if args.end_image else None,
         input_video=read_video(args.input_video, args.frames) if args.input_video else None,

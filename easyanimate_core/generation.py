@@ -25,6 +25,7 @@ from .config import TransformerConfig
 from .memory import execution_device
 from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
 from .scheduler import FlowMatchEulerScheduler
+from .teacache import TeaCacheOptions
 from .text_encoder import PromptEmbeddings
 from .trajectory import Trajectory, render_trajectory_video
 from .transformer import EasyAnimateTransformer
@@ -57,6 +58,8 @@ class GenerationRequest:
     trajectory: Trajectory | None = None
     camera: CameraPath | None = None
     allow_rounding: bool = False
+    teacache: TeaCacheOptions | None = None  # step caching (teacache.py); None or threshold 0: off
+    cfg_skip_ratio: float = 0.0  # share of the last steps without the negative pass
 
     @property
     def mode(self) -> str:
@@ -80,6 +83,8 @@ class GenerationRequest:
         width, height = check_size(self.width, self.height, allow_round=self.allow_rounding)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps = {self.steps!r}: expected an integer >= 1.")
+        if not 0.0 <= self.cfg_skip_ratio <= 1.0:  # NaN too
+            raise ValueError(f"cfg_skip_ratio = {self.cfg_skip_ratio!r}: expected a share of the steps from 0 to 1.")
         if self.strength < 1.0 and self.mode != "v2v":
             raise ValueError(f"strength = {self.strength} only applies to video-to-video: connect an input video "
                              f"or set the strength to 1.")
@@ -139,8 +144,10 @@ def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: Prep
                              negative: PromptEmbeddings | torch.Tensor | None = None) -> int:
     """The transformer's activation peak in :func:`run_denoise` (batch 2 with classifier-free guidance), for
     ``Placement.active(transformer, working_bytes=...)``."""
-    batch = 2 if uses_guidance(prepared.request.guidance, negative) else 1
-    return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _states(prompt).shape[1])
+    request = prepared.request
+    batch = 2 if uses_guidance(request.guidance, negative) else 1
+    cached = request.teacache is not None and request.teacache.threshold > 0
+    return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _states(prompt).shape[1], cached)
 
 
 def run_denoise(
@@ -159,7 +166,8 @@ def run_denoise(
                        negative_text=None if negative is None else _states(negative), steps=request.steps,
                        guidance=request.guidance, guidance_rescale=request.guidance_rescale,
                        strength=request.strength, clean_latents=prepared.clean_latents,
-                       conditioning=prepared.conditioning, callback=callback)
+                       conditioning=prepared.conditioning, callback=callback, teacache=request.teacache,
+                       cfg_skip_ratio=request.cfg_skip_ratio)
 
 
 def sample_latents(

@@ -7,12 +7,16 @@ exception propagates and no input has been modified.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .scheduler import FlowMatchEulerScheduler
+from .teacache import TeaCacheOptions
+
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -25,6 +29,7 @@ class Conditioning:
     control_latents: torch.Tensor | None = None
 
     def batched(self, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """Each tensor moved and expanded to a batch of ``n`` (a view: no copy per sample)."""
         return {name: t.to(device=device, dtype=dtype).expand(n, -1, -1, -1, -1)
                 for name, t in (("inpaint_latents", self.inpaint_latents), ("control_latents", self.control_latents))
                 if t is not None}
@@ -66,13 +71,19 @@ def denoise(
     clean_latents: torch.Tensor | None = None,
     conditioning: Conditioning = Conditioning(),
     callback: StepCallback | None = None,
+    teacache: TeaCacheOptions | None = None,
+    cfg_skip_ratio: float = 0.0,
 ) -> torch.Tensor:
     """Denoise ``noise`` [1, 16, T, h, w] into scaled latents of the same shape.
 
     ``text``/``negative_text`` are prompt embeddings [1, L, D]; without a negative (or with guidance <= 1) there is
     no unconditional pass. ``strength`` < 1 starts from ``clean_latents`` noised to the first kept step
-    (video-to-video).
+    (video-to-video). ``teacache`` reuses the blocks' residual on steps whose input barely changed (teacache.py);
+    ``cfg_skip_ratio`` runs only the conditional pass on that share of the last steps (the guided prediction is
+    then the conditional one), as the official ``cfg_skip_ratio`` does.
     """
+    if not 0.0 <= cfg_skip_ratio <= 1.0:
+        raise ValueError(f"cfg_skip_ratio = {cfg_skip_ratio!r}: expected a share of the steps from 0 to 1.")
     dtype, device = transformer.dtype, transformer.device
     use_cfg = uses_guidance(guidance, negative_text)
     if strength < 1.0 and clean_latents is None:
@@ -83,19 +94,30 @@ def denoise(
     latents = noise.to(device=device, dtype=dtype)
     if strength < 1.0:
         latents = scheduler.add_noise(clean_latents.to(device=device, dtype=dtype), latents, schedule.sigmas[0])
-    batch = 2 if use_cfg else 1
     states = torch.cat([negative_text, text]) if use_cfg else text
     states = states.to(device=device, dtype=dtype)
-    extra = conditioning.batched(batch, dtype, device)
-    for i, t in enumerate(schedule.timesteps):
-        model_in = latents.expand(batch, -1, -1, -1, -1)
-        prediction = transformer(model_in, t.expand(batch), states, **extra)
-        if use_cfg:
-            uncond, cond = prediction.chunk(2)
-            prediction = uncond + guidance * (cond - uncond)
-            if guidance_rescale > 0.0:
-                prediction = rescale_guidance(prediction, cond, guidance_rescale)
-        latents = scheduler.step(prediction, schedule, i, latents)
-        if callback is not None:
-            callback(i + 1, len(schedule), latents)
+    extra = conditioning.batched(1, dtype, device)
+    step_cache = teacache.run(len(schedule), transformer.config) if teacache is not None else None
+    # The official rule: the last steps from step index steps * (1 - ratio) on run without the negative pass.
+    first_skipped = len(schedule) * (1.0 - cfg_skip_ratio) if cfg_skip_ratio > 0 else float("inf")
+    try:
+        for i, t in enumerate(schedule.timesteps):
+            guided = use_cfg and i < first_skipped
+            batch = 2 if guided else 1
+            prediction = transformer(latents.expand(batch, -1, -1, -1, -1), t.expand(batch),
+                                     states if guided else states[-1:],
+                                     **{k: v.expand(batch, -1, -1, -1, -1) for k, v in extra.items()},
+                                     **({"step_cache": step_cache} if step_cache is not None else {}))
+            if guided:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance * (cond - uncond)
+                if guidance_rescale > 0.0:
+                    prediction = rescale_guidance(prediction, cond, guidance_rescale)
+            latents = scheduler.step(prediction, schedule, i, latents)
+            if callback is not None:
+                callback(i + 1, len(schedule), latents)
+    finally:
+        if step_cache is not None:
+            logger.info("%s", step_cache.summary())
+        del step_cache  # its residuals are activation-sized: gone with the run, whatever ended it
     return latents

@@ -22,6 +22,7 @@ from .chunking import per_token
 from .config import TransformerConfig
 from .memory import execution_device, store_weights_in
 from .ops import DEFAULT_OPS, LayerOps, fp32_layer_norm
+from .teacache import TeaCache
 
 
 def timestep_sinusoid(timestep: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: int) -> torch.Tensor:
@@ -221,9 +222,10 @@ class EasyAnimateTransformer(nn.Module):
     def device(self) -> torch.device:
         return execution_device(self)
 
-    def activation_bytes(self, latent_shape: tuple[int, ...], text_tokens: int) -> int:
+    def activation_bytes(self, latent_shape: tuple[int, ...], text_tokens: int, step_cache: bool = False) -> int:
         """Estimated peak bytes of the activations of one inference forward on latents ``[B, C, T, h, w]`` with
-        ``text_tokens`` text tokens (weights not included).
+        ``text_tokens`` text tokens (weights not included); ``step_cache``: with a TeaCache, which keeps three
+        video-sized tensors more (the previous modulated input, the residual and the blocks' input).
 
         5 + 10 x (share of the video tokens in one token chunk) activations of ``[B, N + L, D]``: the real-width
         count of ``bench/activation_memory.py`` gave 5.1 to 7.2 activations with chunks of 7% to 29% of the video
@@ -231,7 +233,7 @@ class EasyAnimateTransformer(nn.Module):
         b, _, t, h, w = latent_shape
         p = self.config.patch_size
         tokens = t * (h // p) * (w // p)
-        units = 5 + 10 * min(1.0, chunking.TOKEN_CHUNK / max(tokens, 1))
+        units = 5 + 10 * min(1.0, chunking.TOKEN_CHUNK / max(tokens, 1)) + (3 if step_cache else 0)
         return int(units * b * (tokens + text_tokens) * self.config.inner_dim * self.dtype.itemsize)
 
     def _check_inputs(self, latents, timestep, text_states, extra: list[torch.Tensor]) -> None:
@@ -268,7 +270,11 @@ class EasyAnimateTransformer(nn.Module):
         *,
         inpaint_latents: torch.Tensor | None = None,
         control_latents: torch.Tensor | None = None,
+        step_cache: TeaCache | None = None,
+        cache_key: object = None,
     ) -> torch.Tensor:
+        """``step_cache`` (one per sampling run) may replace steps 5-6 by the residual of an earlier step;
+        ``cache_key`` names the batch layout its residuals are kept under (default: the batch size)."""
         cfg, p = self.config, self.config.patch_size
         timestep = torch.as_tensor(timestep, device=latents.device)
         self._check_inputs(latents, timestep, text_states, [inpaint_latents, control_latents])
@@ -277,6 +283,7 @@ class EasyAnimateTransformer(nn.Module):
         dtype = self.dtype
 
         # 1. Timestep embedding; the weights were trained with timesteps rounded to bf16.
+        step_time = float(timestep.reshape(-1)[0]) if step_cache is not None else None  # before rounding
         timestep = timestep.reshape(-1).expand(b).to(torch.bfloat16)
         temb = timestep_sinusoid(timestep, cfg.inner_dim, cfg.flip_sin_to_cos, cfg.freq_shift).to(dtype)
         temb = self.time_embedding(temb)  # [B, time_embed_dim]
@@ -293,17 +300,30 @@ class EasyAnimateTransformer(nn.Module):
         # 4. Text projection (RMSNorm first in V5.1).
         text = self.text_proj(text_states.to(dtype))  # [B, L, D]
 
-        # 5. Blocks with the 3D rotary embedding on the video tokens.
-        rope = rotary_embedding_3d(t, gh, gw, cfg.attention_head_dim, canvas_w=cfg.sample_width // p,
-                                   canvas_h=cfg.sample_height // p, formula=self.rope_formula, device=video.device)
-        for block in self.transformer_blocks:
-            video, text = block(video, text, temb, rope)
-
-        # 6. Output norm and projection (norm_final is per token, so the text tokens can be left out).
-        video = self.norm_final(video)
-        shift, scale = self.norm_out.linear(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
-        video = self.norm_out.norm(video) * (1 + scale) + shift
-        video = self.proj_out(video)  # [B, N, p*p*C]
+        # 5-6. Blocks and output norms, or the residual a TeaCache kept of them (steps 5-6 of an earlier step).
+        residual, key, blocks_in = None, b if cache_key is None else cache_key, None
+        if step_cache is not None:
+            modulated = self.transformer_blocks[0].norm1(video, text, temb)[0]
+            residual = step_cache.reuse(step_time, modulated, key)
+            del modulated
+            blocks_in = video if residual is None else None
+        if residual is not None:
+            video = video + residual
+        else:
+            # 5. Blocks with the 3D rotary embedding on the video tokens.
+            rope = rotary_embedding_3d(t, gh, gw, cfg.attention_head_dim, canvas_w=cfg.sample_width // p,
+                                       canvas_h=cfg.sample_height // p, formula=self.rope_formula,
+                                       device=video.device)
+            for block in self.transformer_blocks:
+                video, text = block(video, text, temb, rope)
+            # 6. Output norms (norm_final is per token, so the text tokens can be left out).
+            video = self.norm_final(video)
+            shift, scale = self.norm_out.linear(F.silu(temb)).unsqueeze(1).chunk(2, dim=2)
+            video = self.norm_out.norm(video) * (1 + scale) + shift
+            if blocks_in is not None:
+                step_cache.store(key, video - blocks_in)
+                del blocks_in
+        video = self.proj_out(video)  # 6. output projection: [B, N, p*p*C]
 
         # 7. Unpatchify; the output features are ordered (c, py, px).
         video = video.reshape(b, t, gh, gw, c_out, p, p).permute(0, 4, 1, 2, 5, 3, 6)  # [B, C, T, gh, p, gw, p]

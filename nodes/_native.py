@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 INPAINT_KEY = "easyanimate_inpaint_latents"
 CONTROL_KEY = "easyanimate_control_latents"
+TEACACHE_KEY = "easyanimate_teacache"  # transformer_options: the TeaCacheOptions, then the run's TeaCache
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")  # as ComfyUI's UNETLoader offers them
 _FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
@@ -90,15 +91,21 @@ def _native_transformer_class():
             return self.load_device if self.load_device is not None else super().device
 
         def forward(self, x, timestep, context, control=None, transformer_options=None, inpaint_latents=None,
-                    control_latents=None, **kwargs):
+                    control_latents=None, step_cache=None, **kwargs):
             transformer_options = transformer_options if transformer_options is not None else {}
+            cache_key = None
+            if step_cache is None:  # in ComfyUI's samplers: the run's cache of EasyAnimate TeaCache, if patched
+                step_cache = transformer_options.get(TEACACHE_KEY)
+                cache_key = tuple(transformer_options.get("cond_or_uncond", ())) or None
             wrappers = extension.get_all_wrappers(extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
             return extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
-                x, timestep, context, inpaint_latents, control_latents, transformer_options)
+                x, timestep, context, inpaint_latents, control_latents, step_cache, cache_key, transformer_options)
 
-        def _forward(self, x, timestep, context, inpaint_latents, control_latents, transformer_options):
+        def _forward(self, x, timestep, context, inpaint_latents, control_latents, step_cache, cache_key,
+                     transformer_options):
             return EasyAnimateTransformer.forward(self, x, timestep, context, inpaint_latents=inpaint_latents,
-                                                  control_latents=control_latents)
+                                                  control_latents=control_latents, step_cache=step_cache,
+                                                  cache_key=cache_key)
 
     return NativeEasyAnimateTransformer
 
@@ -392,3 +399,32 @@ def add_lora(model, lora_file, strength: float):
         raise RuntimeError(f"{lora_file.path}: {len(added)} of {len(lora_file.layers)} LoRA layers found their "
                            f"weight in the model.")
     return clone
+
+
+# ---------------------------------------------------------------- TeaCache as a model patch
+
+
+def with_teacache(model, options):
+    """A clone of ``model`` whose runs in ComfyUI's samplers use TeaCache: an OUTER_SAMPLE wrapper gives each run
+    a fresh cache (sized by its sigmas), logs what it skipped and drops it in a ``finally``."""
+    import comfy.model_patcher
+    import comfy.patcher_extension as extension
+
+    def run_with_cache(executor, *args, **kwargs):
+        guider = executor.class_obj
+        original = guider.model_options
+        sigmas = args[3]
+        step_cache = options.run(len(sigmas) - 1, guider.model_patcher.model.diffusion_model.config)
+        guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+        guider.model_options["transformer_options"][TEACACHE_KEY] = step_cache
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            if step_cache is not None:
+                logger.info("%s", step_cache.summary())
+            guider.model_options = original
+
+    patched = model.clone()
+    patched.remove_wrappers_with_key(extension.WrappersMP.OUTER_SAMPLE, TEACACHE_KEY)  # a second patch replaces
+    patched.add_wrapper_with_key(extension.WrappersMP.OUTER_SAMPLE, TEACACHE_KEY, run_with_cache)
+    return patched

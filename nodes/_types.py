@@ -43,3 +43,17 @@ def size_input_types() -> dict:
 
 SEED_INPUT = ("INT", {"default": 43, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                       "tooltip": "Noise seed; the same seed gives the same video on every device."})
+
+
+def teacache_input_types(default_threshold: float) -> dict:
+    """TeaCache's options, as the sampler and the model patch declare them."""
+    return {
+        "teacache_threshold": ("FLOAT", {"default": default_threshold, "min": 0.0, "max": 1.0, "step": 0.01,
+                                         "tooltip": "TeaCache: 0 = off (every step computed, exact). 0.1 is the "
+                                                    "official default (about half the transformer evaluations at "
+                                                    "50 steps); higher is faster and less faithful."}),
+        "teacache_start_steps": ("INT", {"default": 1, "min": 0, "max": 200,
+                                         "tooltip": "TeaCache: the first steps, always computed."}),
+        "teacache_end_steps": ("INT", {"default": 1, "min": 0, "max": 200,
+                                       "tooltip": "TeaCache: the last steps, always computed."}),
+    }

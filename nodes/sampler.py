@@ -4,7 +4,8 @@ LATENT, with the exact denoise loop of the reference (its schedule, CFG and bf16
 from __future__ import annotations
 
 from . import _comfy
-from ._types import CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, size_input_types
+from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, size_input_types,
+                     teacache_input_types)
 
 
 class EasyAnimateSampler:
@@ -35,15 +36,20 @@ class EasyAnimateSampler:
                 "denoise_strength": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.01,
                                                "tooltip": "Video-to-video only: how much of the input video to "
                                                           "replace (1 = all). Keep 1 for the other modes."}),
+                **teacache_input_types(0.0),
+                "cfg_skip_ratio": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "Share of the last steps run without the negative prompt (one pass instead of two; the "
+                    "official option). 0 = off; 0.1-0.25 saves that share of half the work.")}),
             },
             "optional": mode_input_types(),
         }
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
-               **optional):
+               teacache_threshold, teacache_start_steps, teacache_end_steps, cfg_skip_ratio, **optional):
         from ..easyanimate_core.conditioning import require_variant
         from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
                                                    run_denoise)
+        from ..easyanimate_core.teacache import TeaCacheOptions
         from ._native import component, load_on_device, prompt_states, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Sampler")
@@ -53,7 +59,8 @@ class EasyAnimateSampler:
             strength=denoise_strength, start_images=optional.get("start_image"), end_images=optional.get("end_image"),
             input_video=optional.get("input_video"), control_video=optional.get("control_video"),
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
-            camera=optional.get("camera"),
+            camera=optional.get("camera"), cfg_skip_ratio=cfg_skip_ratio,
+            teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
         require_variant(transformer.config, request.mode)  # refused before any model moves
         text = prompt_states(positive, "positive", transformer.config)

@@ -11,6 +11,8 @@ from conftest import load_pack
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS
+# EasyAnimate Sampler without its speed options: every step computed, both passes.
+EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
 SIZE = dict(width=48, height=32, frames=5)
 
 
@@ -76,7 +78,7 @@ def test_sampler_custom_advanced_with_the_easyanimate_scheduler_equals_our_sampl
     model, text_encoder, vae, _ = _load(name)
     positive, negative = _prompts(text_encoder)
     (ours,) = _run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, steps=4,
-                   guidance=6.0, seed=7, denoise_strength=strength, **SIZE, **inputs)
+                   guidance=6.0, seed=7, denoise_strength=strength, **EXACT, **SIZE, **inputs)
     cond_positive, cond_negative, latent = _run("EasyAnimateConditioning", model=model, positive=positive,
                                                 negative=negative, vae=vae, seed=7, **SIZE, **inputs)
     theirs = _custom_advanced(model, cond_positive, cond_negative, latent, steps=4, seed=7, denoise=strength)
@@ -126,7 +128,7 @@ def test_variant_channels_are_checked_where_the_model_meets_them(comfyui):
              start_image=torch.rand(1, 32, 48, 3), **SIZE)
     with pytest.raises(ValueError, match="EasyAnimate Sampler needs an EasyAnimate model"):
         _run("EasyAnimateSampler", model=object(), vae=vae, positive=positive, negative=negative, steps=1,
-             guidance=1.0, seed=1, denoise_strength=1.0, **SIZE)
+             guidance=1.0, seed=1, denoise_strength=1.0, **EXACT, **SIZE)
 
 
 def _official_lora(transformer, rank=2, seed=0):
@@ -236,7 +238,7 @@ def test_unload_models_takes_an_easyanimate_model_off_the_device(comfyui):
     model, text_encoder, vae, _ = _load("demo-t2v")
     positive, negative = _prompts(text_encoder)
     _run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, steps=1, guidance=6.0,
-         seed=1, denoise_strength=1.0, **SIZE)
+         seed=1, denoise_strength=1.0, **EXACT, **SIZE)
     patchers = [loaded.model for loaded in mm.current_loaded_models]
     assert any(patcher.model is model.model for patcher in patchers) and model.loaded_size() > 0
     mm.unload_all_models()  # what "Unload models" and POST /free do
@@ -249,7 +251,8 @@ def test_unload_models_takes_an_easyanimate_model_off_the_device(comfyui):
 def test_memory_modes_become_comfyui_weight_budgets(comfyui, memory_mode, blocks, streamed):
     model, text_encoder, vae, _ = _load("demo-t2v", memory_mode=memory_mode, blocks_on_gpu=blocks)
     positive, negative = _prompts(text_encoder)
-    args = dict(vae=vae, positive=positive, negative=negative, steps=2, guidance=6.0, seed=1, denoise_strength=1.0)
+    args = dict(vae=vae, positive=positive, negative=negative, steps=2, guidance=6.0, seed=1, denoise_strength=1.0,
+                **EXACT)
     (out,) = _run("EasyAnimateSampler", model=model, **args, **SIZE)
     linears = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)]
     cast = sum(bool(getattr(m, "comfy_cast_weights", False)) for m in linears)  # streamed layer by layer
@@ -272,7 +275,8 @@ def test_fp8_weight_dtypes_store_the_large_linears_low_and_the_rest_high(comfyui
     for kept in (transformer.proj_out, transformer.transformer_blocks[0].norm1.linear, transformer.proj):
         assert kept.weight.dtype == torch.bfloat16
     positive, negative = _prompts(text_encoder)
-    args = dict(vae=vae, positive=positive, negative=negative, steps=2, guidance=6.0, seed=1, denoise_strength=1.0)
+    args = dict(vae=vae, positive=positive, negative=negative, steps=2, guidance=6.0, seed=1, denoise_strength=1.0,
+                **EXACT)
     (out,) = _run("EasyAnimateSampler", model=model, **args, **SIZE)
     reference, _, _, _ = _load("demo-t2v", precision="bf16")
     (expected,) = _run("EasyAnimateSampler", model=reference, **args, **SIZE)

@@ -12,6 +12,8 @@ from conftest import load_pack
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS
+# EasyAnimate Sampler without its speed options: every step computed, both passes.
+EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
 
 
 @pytest.mark.parametrize("node_id", sorted(NODES))
@@ -67,6 +69,7 @@ def _graph(model_name, mode_inputs=None, steps=2, frames=5, seed=1):
     positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
     (latent,) = _run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, width=48,
                      height=32, frames=frames, steps=steps, guidance=6.0, seed=seed, denoise_strength=1.0,
+                     **EXACT,
                      **(mode_inputs or {}))
     (images,) = _run("EasyAnimateDecode", vae=vae, samples=latent, tile_size=0)
     return model, vae, info, latent, images
@@ -84,7 +87,8 @@ def test_the_loader_gives_comfyui_a_model_patcher_with_the_released_sampling(com
 
     model, text_encoder, vae, info = _load("demo-inp")
     assert isinstance(model, comfy.model_patcher.ModelPatcher)
-    assert isinstance(text_encoder, comfy.model_patcher.ModelPatcher) and isinstance(vae, comfy.model_patcher.ModelPatcher)
+    for component in (text_encoder, vae):
+        assert isinstance(component, comfy.model_patcher.ModelPatcher)
     base = model.model
     assert base.latent_format.latent_channels == 16 and base.latent_format.latent_dimensions == 3
     assert base.latent_format.scale_factor == vae.model.component.scaling_factor
@@ -159,7 +163,7 @@ def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(co
     positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
     before = {k: v.clone() for k, v in transformer.state_dict().items()}
     args = dict(vae=vae, positive=positive, negative=negative, width=48, height=32, frames=5, steps=4, guidance=6.0,
-                seed=1, denoise_strength=1.0)
+                seed=1, denoise_strength=1.0, **EXACT)
     comfyui["interrupt_after"] = 2
     with pytest.raises(mm.InterruptProcessingException):
         _run("EasyAnimateSampler", model=with_lora, **args)
