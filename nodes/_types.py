@@ -50,8 +50,8 @@ def teacache_input_types(default_threshold: float) -> dict:
     return {
         "teacache_threshold": ("FLOAT", {"default": default_threshold, "min": 0.0, "max": 1.0, "step": 0.01,
                                          "tooltip": "TeaCache: 0 = off (every step computed, exact). 0.1 is the "
-                                                    "official default (about half the transformer evaluations at "
-                                                    "50 steps); higher is faster and less faithful."}),
+                                                    "official default; higher skips more steps and is less "
+                                                    "faithful. The log says which steps were reused."}),
         "teacache_start_steps": ("INT", {"default": 1, "min": 0, "max": 200,
                                          "tooltip": "TeaCache: the first steps, always computed."}),
         "teacache_end_steps": ("INT", {"default": 1, "min": 0, "max": 200,

@@ -8,9 +8,8 @@ from ._types import CATEGORY, MODEL, teacache_input_types
 class EasyAnimateTeaCache:
     DESCRIPTION = ("TeaCache for EasyAnimate models in ComfyUI's samplers: a step whose first-block input barely "
                    "changed reuses the residual the transformer added last time (the official EasyAnimate method "
-                   "and coefficients). About 1.5-2x fewer transformer evaluations at 0.1 on 50 steps; higher "
-                   "thresholds are faster and drift further from the uncached video. EasyAnimate Sampler has the "
-                   "same option built in.")
+                   "and coefficients). 0.1 is the official default; higher thresholds skip more steps and drift "
+                   "further from the uncached video. EasyAnimate Sampler has the same option built in.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = (MODEL,)
