@@ -8,6 +8,8 @@ the fly, so the whole pipeline runs on any machine in seconds; its output is noi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .attention_backends import ATTENTION_BACKENDS
 from .conditioning import VARIANTS_FOR_MODE
 from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
@@ -66,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                           "(alone: 0.1, the official default; 0 = off; higher = faster, less faithful)")
     gen.add_argument("--teacache-start-steps", type=int, default=1, help="first steps always computed")
     gen.add_argument("--teacache-end-steps", type=int, default=1, help="last steps always computed")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile each transformer block (regional; the first step compiles)")
+    gen.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+                     help="attention kernel: PyTorch SDPA, flash-attn, SageAttention, or the fastest that runs "
+                          "here (auto); an unavailable one falls back to SDPA with the reason logged")
     gen.add_argument("--cfg-skip-ratio", type=float, default=0.0,
                      help="share of the last steps run without the negative prompt's pass (the official option)")
     gen.add_argument("--seed", type=int, default=43)
@@ -173,9 +181,12 @@ def _model_for(mode: str, model_arg: str | None) -> Path | None:
 def generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .attention_backends import select_attention
     from .generation import decode_latents, denoise_activation_bytes, prepare_inputs, run_denoise
     from .loading import load_scheduler, load_transformer, load_vae
     from .memory import Placement
+    from .ops import DEFAULT_OPS
+    from .regional_compile import compiled_blocks
     from .text_encoder import load_text_encoder
     from .video import write_mp4, write_png
 
@@ -198,7 +209,9 @@ def generate(args: argparse.Namespace) -> int:
             prompt = encoder.encode([args.prompt])
             negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
         del encoder  # the text encoder is not needed for sampling
-        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
+        attention, _ = select_attention(args.attention, device, dtype)
+        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8,
+                                       ops=dataclasses.replace(DEFAULT_OPS, attention=attention))
         vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
         scheduler = load_scheduler(model_dir)
     logger.info("%s: %s at %dx%dx%d, %d steps, %s (models loaded in %.1f s)",
@@ -208,7 +221,9 @@ def generate(args: argparse.Namespace) -> int:
     with placement.active(vae):
         prepared = prepare_inputs(transformer.config, vae, request)
     working = denoise_activation_bytes(transformer, prepared, prompt, negative)
-    with tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer, working):
+    compiling = args.compile and _can_compile(args.memory_mode)
+    with (tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer, working),
+          compiled_blocks(transformer) if compiling else contextlib.nullcontext()):
         latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
                               callback=lambda step, total, _: bar.update(1))
     with placement.active(vae):
@@ -218,6 +233,16 @@ def generate(args: argparse.Namespace) -> int:
     print(f"{request.mode}: {frames.shape[0]} frames {request.width}x{request.height} in "
           f"{time.perf_counter() - started:.1f} s with {model_label} -> {args.output} (first frame: {png})")
     return 0
+
+
+def _can_compile(memory_mode: str) -> bool:
+    """Regional compile runs with whole blocks in place; the streaming modes move weights in hooks per call."""
+    if memory_mode in ("sequential_cpu_offload", "block_swap"):
+        logger.warning("--compile is skipped with --memory-mode %s: its per-block weight streaming runs in hooks "
+                       "that torch.compile would trace; use model_cpu_offload or an fp8 mode to compile.",
+                       memory_mode)
+        return False
+    return True
 
 
 def make_demo_model(args: argparse.Namespace) -> int:
