@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
                      help="attention kernel: PyTorch SDPA, flash-attn, SageAttention, or the fastest that runs "
                           "here (auto); an unavailable one falls back to SDPA with the reason logged")
+    gen.add_argument("--fp8-matmul", action="store_true",
+                     help="store the transformer's large linears in fp8 with per-row scales and multiply in fp8 "
+                          "(fp8 tensor cores: compute capability 8.9+, --dtype bfloat16, the GPU default); "
+                          "elsewhere they compute in the model dtype")
     gen.add_argument("--cfg-skip-ratio", type=float, default=0.0,
                      help="share of the last steps run without the negative prompt's pass (the official option)")
     gen.add_argument("--seed", type=int, default=43)
@@ -210,7 +214,8 @@ def generate(args: argparse.Namespace) -> int:
             negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
         del encoder  # the text encoder is not needed for sampling
         attention, _ = select_attention(args.attention, device, dtype)
-        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8,
+        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device,
+                                       fp8="fp8_scaled" if args.fp8_matmul else placement.fp8,
                                        ops=dataclasses.replace(DEFAULT_OPS, attention=attention))
         vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
         scheduler = load_scheduler(model_dir)

@@ -8,6 +8,7 @@ on the meta device and read each tensor once, straight into the target dtype and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from torch import nn
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .safetensors_io import TensorEntry, read_header, read_tensors
+from .fp8_matmul import ScaledFp8Linear
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .ops import DEFAULT_OPS, LayerOps
 from .scheduler import FlowMatchEulerScheduler
@@ -184,6 +186,9 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
     if attr in owner._parameters:
         built = owner._parameters[attr]
         if built is not None and built.dtype in FP8_DTYPES:
+            if attr == "weight" and hasattr(owner, "store_weight"):  # scaled fp8 (fp8_matmul): it quantizes itself
+                owner.store_weight(tensor)
+                return
             tensor = tensor.to(built.dtype)
         owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
     else:
@@ -223,12 +228,16 @@ def load_transformer(
 ) -> EasyAnimateTransformer:
     """Load the MMDiT of a model folder (or its ``transformer/`` folder) in either layout.
 
-    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8: fp8_cast builds them in
-    float8_e4m3fn, qfloat8 quantizes each block as soon as it is read. Either way the host peak is the fp8 model
+    ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`, or "fp8_scaled", see :mod:`.fp8_matmul`) stores the
+    linear weights in fp8: fp8_cast builds them in float8_e4m3fn, fp8_scaled in float8_e4m3fn with a scale per
+    row that they compute with in fp8, qfloat8 quantizes each block as soon as it is read. Either way the host peak is the fp8 model
     plus one block, not the whole model in ``dtype``. ``weight_dtype`` names the storage dtype of those linears
     directly (fp8_cast is ``torch.float8_e4m3fn``). ``ops`` and ``model_class`` build it from another layer
     namespace (ComfyUI's, in the nodes)."""
-    check_fp8_kind(fp8)
+    if fp8 == "fp8_scaled":
+        ops, weight_dtype = dataclasses.replace(ops, Linear=ScaledFp8Linear), torch.float8_e4m3fn
+    else:
+        check_fp8_kind(fp8)
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
     raw = read_config_json(config_path)
