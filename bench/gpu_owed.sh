@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements issues 6 and 14 still owe (bench/README.md, sections 3, 4 and 7), most important first, for a session
+# The GPU measurements issues 6, 11 and 14 still owe (bench/README.md, sections 3, 4, 7 and 9), most important first, for a session
 # that is lent a GPU machine. Each case is one command under `timeout` that writes its log to $OUT (or
 # bench-gpu-logs/); name the cases to run, since one device command may run 10 minutes at most:
 #
 #   bash bench/gpu_owed.sh step_12b fp8_576            # the 1.2 s/step, 1.1x and 16 GB targets (~10 min)
 #   bash bench/gpu_owed.sh swap_12b vae_576            # the 8 GB block-swap and 6 GB VAE targets
+#   bash bench/gpu_owed.sh levers_12b                  # issue 11: every speed lever vs diffusers (~7 min)
 #   bash bench/gpu_owed.sh --list
 #
 # The device image has torch, transformers, accelerate, einops and safetensors but not diffusers or optimum-quanto.
@@ -36,9 +37,10 @@ declare -A cases=(
   [native_lowvram]="python3 bench/gpu_native.py --config 12b --setting lowvram"
   [native_fp8]="python3 bench/gpu_native.py --config 12b --setting fp8_e4m3fn"
   [native_fp8_fast]="python3 bench/gpu_native.py --config 12b --setting fp8_e4m3fn_fast"
+  [levers_12b]="python3 bench/speed_levers.py --config 12b --device cuda --steps 5 --run-steps 20"
   [native_swap8]="python3 bench/gpu_native.py --config 12b --setting block_swap:8"
 )
-order=(step_12b fp8_576 swap_12b vae_576 bf16_384 fp8_384 offload_384 bf16_576 7b_384 7b_576 native_default
+order=(levers_12b step_12b fp8_576 swap_12b vae_576 bf16_384 fp8_384 offload_384 bf16_576 7b_384 7b_576 native_default
        native_lowvram native_fp8 native_fp8_fast native_swap8)
 
 if [ "$#" -eq 0 ] || [ "$1" = "--list" ]; then

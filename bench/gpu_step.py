@@ -39,6 +39,10 @@ PRESETS = {
     "12b": Preset(TransformerConfig(num_attention_heads=48, attention_head_dim=64, num_layers=48, mmdit_layers=48,
                                     text_embed_dim=3584, add_norm_text_encoder=True, in_channels=33),
                   frames=13, height=48, width=84, text_len=256),
+    # D=1024, 4 MMDiT layers, 2 latent frames of 32x48: the CPU tables' mid-size model.
+    "mid": Preset(TransformerConfig(num_attention_heads=16, attention_head_dim=64, num_layers=4, mmdit_layers=4,
+                                    text_embed_dim=3584, add_norm_text_encoder=True, in_channels=33),
+                  frames=2, height=32, width=48, text_len=64),
     "tiny": Preset(TransformerConfig(num_attention_heads=2, attention_head_dim=16, num_layers=2, mmdit_layers=2,
                                      time_embed_dim=32, text_embed_dim=24, add_norm_text_encoder=True,
                                      in_channels=33),

@@ -41,7 +41,7 @@ def _sage(module) -> Attention:
 _BUILDERS = {"flash": _flash, "sage": _sage}
 
 
-def _unavailable(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why ``name`` cannot run here, or None when it can."""
     if device.type != "cuda":
         return f"it needs a CUDA GPU (the model computes on {device})"
@@ -80,7 +80,7 @@ def select_attention(name: str, device: torch.device | str, dtype: torch.dtype) 
     wanted = ("sage", "flash") if name == "auto" else (() if name == "sdpa" else (name,))
     reasons = []
     for backend in wanted:
-        reason = _unavailable(backend, device, dtype)
+        reason = unavailable_reason(backend, device, dtype)
         if reason is None:
             module = importlib.import_module(_PACKAGES[backend])
             logger.info("Attention: %s (%s).", backend, _PACKAGES[backend])

@@ -20,10 +20,10 @@ from torch import nn
 
 from .attention import RopeFormula
 from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
-from .safetensors_io import TensorEntry, read_header, read_tensors
 from .fp8_matmul import ScaledFp8Linear
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .ops import DEFAULT_OPS, LayerOps
+from .safetensors_io import TensorEntry, read_header, read_tensors
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -178,7 +178,7 @@ def _group(key: str) -> str:
     return match.group(1) if match else ""
 
 
-def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
     """Put ``tensor`` in place of the meta tensor ``key``, in the dtype that tensor was built with when that is a
     storage dtype of its own (fp8 weights chosen at build time)."""
     owner_name, _, attr = key.rpartition(".")
@@ -210,7 +210,7 @@ def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, devic
     for name in sorted(groups, key=lambda g: g == ""):  # the rest last: it converts whatever is left
         key_of = {id(entries[k]): k for k in groups[name]}  # read_tensors yields the very entries it is given
         for entry, tensor in read_tensors([entries[k] for k in groups[name]], dtype=dtype, device=device):
-            _assign(model, key_of[id(entry)], tensor)
+            assign_tensor(model, key_of[id(entry)], tensor)
         if fp8 == "qfloat8":
             store_in_fp8(model, fp8, keep, within=name)
 

@@ -208,8 +208,25 @@ class EasyAnimateTransformer(nn.Module):
         self.norm_out.norm = ops.LayerNorm(dim, eps=config.norm_eps,
                                            elementwise_affine=config.norm_elementwise_affine, **kw)
         self.proj_out = ops.Linear(dim, p * p * config.out_channels, **kw)
+        # The rotary tables of the last video size and device: every step of a run reuses them (not a buffer: they
+        # are no weights, and a new size or device replaces them).
+        self._rope_tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         if weight_dtype is not None:
             store_weights_in(self, weight_dtype, self.HIGH_PRECISION)
+
+    def rope_tables(self, frames: int, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The 3D rotary cos and sin tables [frames * grid_h * grid_w, head_dim] (fp32) on ``device``, computed
+        once per video size (they are built on the host in float64: per step that was host work and a copy that
+        waits for the GPU)."""
+        cfg, p = self.config, self.config.patch_size
+        key = (frames, grid_h, grid_w, self.rope_formula, device)
+        if self._rope_tables is None or self._rope_tables[0] != key:
+            with torch.inference_mode(False):  # plain tensors: a run under inference_mode, then training, share them
+                tables = rotary_embedding_3d(frames, grid_h, grid_w, cfg.attention_head_dim,
+                                             canvas_w=cfg.sample_width // p, canvas_h=cfg.sample_height // p,
+                                             formula=self.rope_formula, device=device)
+            self._rope_tables = (key, tables)
+        return self._rope_tables[1]
 
     def repeated_blocks(self) -> list[nn.Module]:
         return list(self.transformer_blocks)
@@ -311,9 +328,7 @@ class EasyAnimateTransformer(nn.Module):
             video = video + residual
         else:
             # 5. Blocks with the 3D rotary embedding on the video tokens.
-            rope = rotary_embedding_3d(t, gh, gw, cfg.attention_head_dim, canvas_w=cfg.sample_width // p,
-                                       canvas_h=cfg.sample_height // p, formula=self.rope_formula,
-                                       device=video.device)
+            rope = self.rope_tables(t, gh, gw, video.device)
             for block in self.transformer_blocks:
                 video, text = block(video, text, temb, rope)
             # 6. Output norms (norm_final is per token, so the text tokens can be left out).

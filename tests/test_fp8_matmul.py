@@ -14,8 +14,8 @@ from easyanimate_core import regional_compile
 from easyanimate_core.__main__ import main
 from easyanimate_core.demo import write_demo_model
 from easyanimate_core.fp8_matmul import FP8, ScaledFp8Linear, scaled_mm_runs
-from easyanimate_core.lora import LoraLayer, applied, read_lora, save_lora
 from easyanimate_core.loading import load_transformer
+from easyanimate_core.lora import LoraLayer, applied, read_lora, save_lora
 from easyanimate_core.memory import Placement, module_bytes
 from easyanimate_core.sampling import denoise
 from easyanimate_core.scheduler import FlowMatchEulerScheduler

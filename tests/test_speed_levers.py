@@ -102,9 +102,9 @@ def fake_gpu_with_sage(monkeypatch):
 
 
 def test_auto_picks_an_importable_kernel_and_its_layout_matches_sdpa(fake_gpu_with_sage, monkeypatch):
-    real = attention_backends._unavailable
+    real = attention_backends.unavailable_reason
     # the CPU stands in for the GPU: only the device check is skipped
-    monkeypatch.setattr(attention_backends, "_unavailable",
+    monkeypatch.setattr(attention_backends, "unavailable_reason",
                         lambda name, device, dtype: real(name, torch.device("cuda"), dtype))
     fn, used = select_attention("auto", "cpu", torch.bfloat16)
     assert used == "sage"
@@ -118,8 +118,8 @@ def test_auto_picks_an_importable_kernel_and_its_layout_matches_sdpa(fake_gpu_wi
 def test_a_kernel_that_fails_falls_back_to_sdpa_once(fake_gpu_with_sage, monkeypatch, caplog):
     monkeypatch.setattr(sys.modules["sageattention"], "sageattn",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("head_dim 72 is not supported")))
-    real = attention_backends._unavailable
-    monkeypatch.setattr(attention_backends, "_unavailable",
+    real = attention_backends.unavailable_reason
+    monkeypatch.setattr(attention_backends, "unavailable_reason",
                         lambda name, device, dtype: real(name, torch.device("cuda"), dtype))
     fn, _ = select_attention("sage", "cpu", torch.bfloat16)
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
@@ -181,3 +181,24 @@ def test_the_compile_node_compiles_the_blocks_while_comfyui_has_the_model_loaded
     mm.unload_all_models()
     # ComfyUI took the patches out with the model (the pack's own copy of the core: compare by name)
     assert [type(b).__name__ for b in blocks] == ["DiTBlock"] * len(blocks)
+
+
+def test_no_compiled_graph_keeps_a_swapped_out_model_alive():
+    import gc
+    import weakref
+
+    model = _model()
+    with compiled_blocks(model):
+        _sample(model, steps=1)
+    weight = weakref.ref(model.transformer_blocks[0].attn1.to_q.weight)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None and weight() is None
+    replacement = _model()  # a new model of the same shape reuses the graph with its own weights
+    with torch.no_grad():
+        for p in replacement.parameters():
+            p.mul_(1.25)
+    expected = _sample(replacement)
+    with compiled_blocks(replacement):
+        torch.testing.assert_close(_sample(replacement), expected, rtol=0, atol=1e-4)

@@ -230,3 +230,28 @@ def test_bf16_forward_runs_and_stays_close_to_fp32(tmp_path):
         full, half = fp32(latents, timestep, text), bf16(latents, timestep, text)
     assert half.dtype == torch.bfloat16
     assert (half.float() - full).abs().max() < 0.1 * full.abs().max()
+
+
+def test_rotary_tables_are_built_once_per_size_and_serve_training_after_inference(tmp_path, monkeypatch):
+    from easyanimate_core import transformer as transformer_module
+
+    reference = diffusers_transformer()
+    reference.save_pretrained(tmp_path / "transformer")
+    ours = load_transformer(tmp_path, dtype=torch.float32)
+    latents, timestep, text, _ = transformer_inputs(ours.config)
+    with torch.inference_mode():
+        expected = ours(latents, timestep, text)
+    built = []
+    real = transformer_module.rotary_embedding_3d
+    monkeypatch.setattr(transformer_module, "rotary_embedding_3d", lambda *a, **k: built.append(a) or real(*a, **k))
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.testing.assert_close(ours(latents, timestep, text), expected, rtol=0, atol=0)
+        assert built == []  # the tables of the first call serve every step of that size
+        ours(latents[..., :8], timestep, text)  # another size builds its own
+    assert len(built) == 1
+    # tables made under inference_mode are plain tensors: a training step can save them for backward
+    ours.requires_grad_(True)
+    out = ours(latents[..., :8], timestep, text)
+    out.square().mean().backward()
+    assert ours.proj.weight.grad is not None
