@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .attention_backends import ATTENTION_BACKENDS
-from .conditioning import VARIANTS_FOR_MODE
+from .conditioning import VARIANTS_FOR_MODE, require_variant
 from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
@@ -187,7 +187,7 @@ def generate(args: argparse.Namespace) -> int:
 
     from .attention_backends import select_attention
     from .generation import decode_latents, denoise_activation_bytes, prepare_inputs, run_denoise
-    from .loading import load_scheduler, load_transformer, load_vae
+    from .loading import inspect_transformer, load_scheduler, load_transformer, load_vae
     from .memory import Placement
     from .ops import DEFAULT_OPS
     from .regional_compile import compiled_blocks
@@ -199,6 +199,8 @@ def generate(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model_dir = _model_for(request.mode, args.model)
+    if model_dir is not None:  # the mode against the variant, from config.json and headers: no weight read yet
+        require_variant(inspect_transformer(model_dir), request.mode)
     model_label = str(model_dir) if model_dir is not None else "the random demo model"
     with tempfile.TemporaryDirectory(prefix="easyanimate-demo-") as scratch:
         if model_dir is None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .attention import RopeFormula
-from .config import Layout, read_config_json, transformer_config_from_dict, vae_config_from_dict
+from .config import Layout, TransformerConfig, read_config_json, transformer_config_from_dict, vae_config_from_dict
 from .fp8_matmul import ScaledFp8Linear
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .ops import DEFAULT_OPS, LayerOps
@@ -215,6 +215,24 @@ def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, devic
             store_in_fp8(model, fp8, keep, within=name)
 
 
+def _inspect_transformer(path: str | Path):
+    """(folder, weight files, tensor entries, layout, config) of a transformer; reads headers, no tensor data."""
+    folder = resolve_component(path, "transformer")
+    config_path = folder / "config.json"
+    raw = read_config_json(config_path)
+    _check_family(raw, TRANSFORMER_CLASS_NAMES, config_path, "transformer")
+    files = weight_files(folder)
+    headers = _headers(files)
+    layout = detect_transformer_layout((e.name for e in headers), raw)
+    return folder, files, headers, layout, transformer_config_from_dict(raw, layout, source=str(config_path))
+
+
+def inspect_transformer(path: str | Path) -> TransformerConfig:
+    """The config of a model folder's (or a ``transformer/`` folder's) transformer, with its variant and size,
+    from ``config.json`` and the safetensors headers: no weight is read, so callers check a request first."""
+    return _inspect_transformer(path)[4]
+
+
 def load_transformer(
     path: str | Path,
     *,
@@ -238,14 +256,7 @@ def load_transformer(
         ops, weight_dtype = dataclasses.replace(ops, Linear=ScaledFp8Linear), torch.float8_e4m3fn
     else:
         check_fp8_kind(fp8)
-    folder = resolve_component(path, "transformer")
-    config_path = folder / "config.json"
-    raw = read_config_json(config_path)
-    _check_family(raw, TRANSFORMER_CLASS_NAMES, config_path, "transformer")
-    files = weight_files(folder)
-    headers = _headers(files)
-    layout = detect_transformer_layout((e.name for e in headers), raw)
-    config = transformer_config_from_dict(raw, layout, source=str(config_path))
+    folder, files, headers, layout, config = _inspect_transformer(path)
     entries = {convert_transformer_key(e.name, layout, "original"): e for e in headers}
     with torch.device("meta"):
         model = model_class(config, dtype=dtype, rope_formula=rope_formula, ops=ops,
