@@ -14,6 +14,9 @@
 #   .venv/bin/pip download --no-deps -d .whl diffusers==0.42.1 optimum-quanto==0.2.7 importlib_metadata==10.2.0
 # and start the device command with
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+# levers_12b's sage and flash rows need sageattention and flash-attn, which the image lacks: add their wheels for the
+# device's torch and CUDA to .whl (sageattention 1.x is pure Python over triton; flash-attn needs a prebuilt wheel
+# matching torch, CUDA and the C++ ABI); without them those rows print why they did not run.
 # The native_* cases (issue 14) import the real ComfyUI: run `bash tools/setup_comfyui.sh` here first, carry
 # .comfyui/ComfyUI, and add the wheels of ComfyUI's requirements the device image lacks to .whl (at least psutil,
 # torchsde, trampoline, scipy, pyyaml, aiohttp and its dependencies, av, spandrel, kornia, pydantic,
