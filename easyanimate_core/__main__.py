@@ -145,6 +145,12 @@ def _request(args: argparse.Namespace):
     from .teacache import TeaCacheOptions
     from .video import read_image, read_video
 
+    # The numbers and the size first: a bad one is refused before any image, video or weight is read.
+    GenerationRequest(width=args.width, height=args.height, frames=args.frames, steps=args.steps,
+                      guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
+                      strength=args.strength, cfg_skip_ratio=args.cfg_skip_ratio, allow_rounding=args.round,
+                      teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
+                      ).checked_settings()
     return GenerationRequest(
         width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
         guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,

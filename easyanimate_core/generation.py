@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .camera import CameraPath, plucker_embedding
+from .checks import check_seed, check_workload, finite_number, whole_number
 from .conditioning import (
     camera_conditioning,
     control_conditioning,
@@ -77,18 +78,28 @@ class GenerationRequest:
             return given[0]
         return "i2v" if images else "t2v"
 
-    def checked(self) -> "GenerationRequest":
-        """The request with a valid frame count and size (rounded only when ``allow_rounding``)."""
+    def checked_settings(self) -> "GenerationRequest":
+        """The request with its numbers checked and a valid frame count and size (rounded only when
+        ``allow_rounding``); its images, videos and paths are not looked at, so this runs before any is read."""
         frames = check_frames(self.frames, allow_round=self.allow_rounding)
         width, height = check_size(self.width, self.height, allow_round=self.allow_rounding)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps = {self.steps!r}: expected an integer >= 1.")
-        if not 0.0 <= self.cfg_skip_ratio <= 1.0:  # NaN too
-            raise ValueError(f"cfg_skip_ratio = {self.cfg_skip_ratio!r}: expected a share of the steps from 0 to 1.")
-        if self.strength < 1.0 and self.mode != "v2v":
-            raise ValueError(f"strength = {self.strength} only applies to video-to-video: connect an input video "
-                             f"or set the strength to 1.")
+        whole_number("steps", self.steps, low=1)
+        finite_number("guidance", self.guidance, low=0.0, hint="1 turns classifier-free guidance off; 6 is usual.")
+        finite_number("guidance_rescale", self.guidance_rescale, low=0.0, high=1.0)
+        finite_number("strength", self.strength, low=0.0, high=1.0, low_open=True,
+                      hint="1 replaces the whole input video.")
+        finite_number("cfg_skip_ratio", self.cfg_skip_ratio, low=0.0, high=1.0, hint="A share of the steps.")
+        check_seed(self.seed)
+        check_workload(width, height, frames)
         return replace(self, frames=frames, width=width, height=height)
+
+    def checked(self) -> "GenerationRequest":
+        """:meth:`checked_settings`, and the strength against the mode the inputs give."""
+        request = self.checked_settings()
+        if request.strength < 1.0 and request.mode != "v2v":
+            raise ValueError(f"strength = {request.strength} only applies to video-to-video: connect an input video "
+                             f"or set the strength to 1.")
+        return request
 
 
 def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: MagvitVAE,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import finite_number
 from .config import TransformerConfig
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,8 @@ class TeaCacheOptions:
     end_steps: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not self.threshold >= 0:  # NaN too
-            raise ValueError(f"TeaCache threshold = {self.threshold!r}: expected 0 (off) or more; "
-                             f"{DEFAULT_THRESHOLD} is the official default.")
+        finite_number("TeaCache threshold", self.threshold, low=0.0,
+                      hint=f"0 is off; {DEFAULT_THRESHOLD} is the official default.")
         for name in ("start_steps", "end_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -1,0 +1,72 @@
+"""The boundary checks of issue 12 through the nodes, in the real ComfyUI modules: every bad input is refused by
+name before a model moves or a step runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import load_pack
+
+pack = load_pack()
+NODES = pack.NODE_CLASS_MAPPINGS
+EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from easyanimate_core.demo import write_demo_model
+
+    root = tmp_path_factory.mktemp("models")
+    for variant in ("t2v", "inp"):
+        write_demo_model(root / f"demo-{variant}", variant=variant)
+    return root
+
+
+def _run(node_id, **inputs):
+    node = NODES[node_id]()
+    return getattr(node, node.FUNCTION)(**inputs)
+
+
+@pytest.fixture()
+def loaded(comfyui):
+    model, text_encoder, vae, _ = _run("EasyAnimateModelLoader", model="demo-inp", precision="fp32",
+                                       memory_mode="model_cpu_offload", blocks_on_gpu=-1, weight_dtype="default")
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    return dict(model=model, vae=vae, positive=positive, negative=negative)
+
+
+def _sample(loaded, **changes):
+    inputs = dict(loaded, width=48, height=32, frames=5, steps=2, guidance=6.0, seed=1, denoise_strength=1.0, **EXACT)
+    inputs.update(changes)
+    return _run("EasyAnimateSampler", **inputs)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(guidance=math.nan), "guidance = nan is not a finite number"),
+    (dict(guidance=math.inf), "guidance = inf is not a finite number"),
+    (dict(denoise_strength=math.nan), "strength = nan is not a finite number"),
+    (dict(seed=-5), "seed = -5: expected an integer from 0"),
+    (dict(seed=2**64), "seed = 18446744073709551616"),
+    (dict(cfg_skip_ratio=math.inf), "cfg_skip_ratio = inf is not a finite number"),
+    (dict(teacache_threshold=math.nan), "TeaCache threshold = nan"),
+    (dict(width=100000), "100000x32 with 5 frames would need at least"),
+    (dict(width=16384, height=16384, frames=49), "16384x16384 with 49 frames would need at least"),
+])
+def test_the_sampler_refuses_bad_numbers_and_sizes_before_any_step(comfyui, loaded, changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        _sample(loaded, **changes)
+    assert comfyui["progress"] == [] and comfyui["freed"] == []
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(seed=-1), "seed = -1"),
+    (dict(width=100000, height=100000), "100000x100000 with 5 frames would need at least"),
+])
+def test_the_conditioning_node_refuses_them_too(comfyui, loaded, changes, message):
+    inputs = dict(model=loaded["model"], positive=loaded["positive"], negative=loaded["negative"], vae=loaded["vae"],
+                  width=48, height=32, frames=5, seed=1)
+    inputs.update(changes)
+    with pytest.raises(ValueError, match=message):
+        _run("EasyAnimateConditioning", **inputs)
+    assert comfyui["freed"] == []
