@@ -25,6 +25,7 @@ from .conditioning import VARIANTS_FOR_MODE, require_variant
 from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
+from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
 
 logger = logging.getLogger("easyanimate_core")
 
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=672, help="multiple of 16")
     gen.add_argument("--height", type=int, default=384, help="multiple of 16")
     gen.add_argument("--round", action="store_true", help="round frames down to 4k+1 and size to multiples of 16")
+    gen.add_argument("--size-from-image", type=int, choices=BASE_RESOLUTIONS, metavar="BASE",
+                     help="take width and height from the input image or video instead: the trained size nearest "
+                          "its aspect ratio at base resolution 512, 768, 960 or 1024 (replaces --width/--height)")
+    gen.add_argument("--resize", choices=RESIZE_MODES, default=DEFAULT_RESIZE,
+                     help="how input images and videos of another aspect ratio fit width x height: crop (scale to "
+                          "cover, keep the centre, as in training), pad (scale to fit, black borders), stretch")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=6.0)
     gen.add_argument("--guidance-rescale", type=float, default=0.0)
@@ -140,6 +147,24 @@ def _trajectory(args: argparse.Namespace):
     return parse_trajectory(text, canvas_size=(args.width, args.height))
 
 
+def _size_from_image(base: int, media: dict) -> tuple[int, int]:
+    """--size-from-image: the trained size nearest the aspect ratio of the first input image or video."""
+    from .resize import bucket_size
+
+    for name, flag in (("start_images", "--start-image"), ("end_images", "--end-image"),
+                       ("reference_image", "--reference-image"), ("input_video", "--input-video"),
+                       ("control_video", "--control-video")):
+        if media[name] is not None:
+            height, width = media[name].shape[1:3]
+            size = bucket_size(width, height, base)
+            logger.info("--size-from-image %d: %dx%d, the trained size nearest the %dx%d of %s.", base, *size, width,
+                        height, flag)
+            return size
+    raise ValueError(f"--size-from-image {base} reads the size of an input image or video, and none was given: add "
+                     f"--start-image, --end-image, --reference-image, --input-video or --control-video, or drop "
+                     f"--size-from-image and set --width and --height.")
+
+
 def _request(args: argparse.Namespace):
     from .generation import GenerationRequest
     from .teacache import TeaCacheOptions
@@ -151,16 +176,20 @@ def _request(args: argparse.Namespace):
                       strength=args.strength, cfg_skip_ratio=args.cfg_skip_ratio, allow_rounding=args.round,
                       teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
                       ).checked_settings()
-    return GenerationRequest(
-        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
-        guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
-        teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
-        cfg_skip_ratio=args.cfg_skip_ratio,
+    media = dict(
         start_images=read_image(args.start_image) if args.start_image else None,
         end_images=read_image(args.end_image) if args.end_image else None,
         input_video=read_video(args.input_video, args.frames) if args.input_video else None,
         control_video=read_video(args.control_video, args.frames) if args.control_video else None,
         reference_image=read_image(args.reference_image) if args.reference_image else None,
+    )
+    if args.size_from_image is not None:  # before the trajectory, whose pixel coordinates use the output size
+        args.width, args.height = _size_from_image(args.size_from_image, media)
+    return GenerationRequest(
+        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
+        guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
+        teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
+        cfg_skip_ratio=args.cfg_skip_ratio, resize=args.resize, **media,
         trajectory=_trajectory(args), camera=_camera_path(args), allow_rounding=args.round,
     ).checked()
 

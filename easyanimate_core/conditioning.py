@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .config import TransformerConfig
 from .memory import execution_device
 from .sampling import Conditioning
+from .resize import DEFAULT_RESIZE
 from .vae import MagvitVAE
 from .video import frames_to_model, latent_frames
 
@@ -93,9 +94,11 @@ def inpaint_conditioning(
 
 
 def image_to_video_inputs(
-    start: torch.Tensor | None, end: torch.Tensor | None, *, frames: int, width: int, height: int
+    start: torch.Tensor | None, end: torch.Tensor | None, *, frames: int, width: int, height: int,
+    resize: str = DEFAULT_RESIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Start image(s) and/or end image(s) (IMAGE [N, H, W, C]) -> pixel video [1, 3, F, H, W] and ``keep`` [F].
+    ``resize`` fits images of another aspect ratio (``resize.py``: crop, pad or stretch).
 
     Several start images fill the first frames; the first one also fills every unknown frame (as the reference
     does, though those pixels are blacked out before encoding).
@@ -103,36 +106,36 @@ def image_to_video_inputs(
     if start is None and end is None:
         raise ValueError("image-to-video needs a start image, an end image or both.")
     first = start if start is not None else end
-    video = frames_to_model(first[:1], width, height).expand(-1, -1, frames, -1, -1).clone()
+    video = frames_to_model(first[:1], width, height, resize).expand(-1, -1, frames, -1, -1).clone()
     keep = torch.zeros(frames, dtype=torch.bool)
     if start is not None:
         n = start.shape[0]
         if n >= frames:
             raise ValueError(f"{n} start images leave no frame to generate in a {frames}-frame video.")
-        video[:, :, :n] = frames_to_model(start, width, height)
+        video[:, :, :n] = frames_to_model(start, width, height, resize)
         keep[:n] = True
     if end is not None:
         n = end.shape[0]
         if n >= frames or keep[-n:].any():
             raise ValueError(f"{n} end images overlap the start images in a {frames}-frame video: use more frames.")
-        video[:, :, -n:] = frames_to_model(end, width, height)
+        video[:, :, -n:] = frames_to_model(end, width, height, resize)
         keep[-n:] = True
     return video, keep
 
 
 def reference_slot(vae: MagvitVAE | None, reference: torch.Tensor | None, *, frames: int, width: int,
-                   height: int) -> torch.Tensor:
+                   height: int, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
     """[1, 16, T, h, w]: the reference image's latent in frame 0 (when T > 1), zeros elsewhere."""
     t, h, w = latent_frames(frames), height // 8, width // 8
     slot = torch.zeros(1, 16, t, h, w)
     if reference is not None and t > 1:
-        slot[:, :, :1] = _encode(vae, frames_to_model(reference[:1], width, height)).float().cpu()
+        slot[:, :, :1] = _encode(vae, frames_to_model(reference[:1], width, height, resize)).float().cpu()
     return slot
 
 
 def control_conditioning(
     vae: MagvitVAE, control: torch.Tensor | None, reference: torch.Tensor | None, *, frames: int, width: int,
-    height: int,
+    height: int, resize: str = DEFAULT_RESIZE,
 ) -> Conditioning:
     """Control channels from a control video (IMAGE [F', H, W, C]; canny, pose, depth, a trajectory render...)."""
     t, h, w = latent_frames(frames), height // 8, width // 8
@@ -142,13 +145,14 @@ def control_conditioning(
         if control.shape[0] < frames:
             raise ValueError(f"the control video has {control.shape[0]} frames; the output needs {frames}: "
                              f"give a longer control video or ask for fewer frames.")
-        control_latents = _encode(vae, frames_to_model(control[:frames], width, height)).float().cpu()
-    ref = reference_slot(vae, reference, frames=frames, width=width, height=height)
+        control_latents = _encode(vae, frames_to_model(control[:frames], width, height, resize)).float().cpu()
+    ref = reference_slot(vae, reference, frames=frames, width=width, height=height, resize=resize)
     return Conditioning(control_latents=torch.cat([control_latents, ref], dim=1))
 
 
 def camera_conditioning(
-    vae: MagvitVAE, plucker: torch.Tensor, reference: torch.Tensor | None, *, frames: int, width: int, height: int
+    vae: MagvitVAE, plucker: torch.Tensor, reference: torch.Tensor | None, *, frames: int, width: int, height: int,
+    resize: str = DEFAULT_RESIZE,
 ) -> Conditioning:
     """Control-Camera channels from a Plucker embedding [F, H, W, 6] (``camera.plucker_embedding``)."""
     from .camera import camera_control_channels
@@ -158,13 +162,14 @@ def camera_conditioning(
                          f"make the camera path {frames} frames long.")
     t, h, w = latent_frames(frames), height // 8, width // 8
     camera = camera_control_channels(plucker[:frames], t, h, w).float()
-    ref = reference_slot(vae, reference, frames=frames, width=width, height=height)
+    ref = reference_slot(vae, reference, frames=frames, width=width, height=height, resize=resize)
     return Conditioning(control_latents=torch.cat([camera, ref], dim=1))
 
 
-def video_latents(vae: MagvitVAE, video: torch.Tensor, *, frames: int, width: int, height: int) -> torch.Tensor:
+def video_latents(vae: MagvitVAE, video: torch.Tensor, *, frames: int, width: int, height: int,
+                  resize: str = DEFAULT_RESIZE) -> torch.Tensor:
     """Scaled latents of an input video (IMAGE [F', H, W, C]) for video-to-video."""
     if video.shape[0] < frames:
         raise ValueError(f"the input video has {video.shape[0]} frames; the output needs {frames}: "
                          f"ask for at most {(video.shape[0] - 1) // 4 * 4 + 1} frames.")
-    return _encode(vae, frames_to_model(video[:frames], width, height)).float().cpu()
+    return _encode(vae, frames_to_model(video[:frames], width, height, resize)).float().cpu()

@@ -24,6 +24,7 @@ from .conditioning import (
 )
 from .config import TransformerConfig
 from .memory import execution_device
+from .resize import DEFAULT_RESIZE, check_resize
 from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
 from .scheduler import FlowMatchEulerScheduler
 from .teacache import TeaCacheOptions
@@ -61,6 +62,7 @@ class GenerationRequest:
     allow_rounding: bool = False
     teacache: TeaCacheOptions | None = None  # step caching (teacache.py); None or threshold 0: off
     cfg_skip_ratio: float = 0.0  # share of the last steps without the negative pass
+    resize: str = DEFAULT_RESIZE  # how images and videos of another aspect ratio fit: crop, pad, stretch
 
     @property
     def mode(self) -> str:
@@ -91,6 +93,7 @@ class GenerationRequest:
         finite_number("cfg_skip_ratio", self.cfg_skip_ratio, low=0.0, high=1.0, hint="A share of the steps.")
         check_seed(self.seed)
         check_workload(width, height, frames)
+        check_resize(self.resize)
         return replace(self, frames=frames, width=width, height=height)
 
     def checked(self) -> "GenerationRequest":
@@ -106,22 +109,23 @@ def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: Ma
                   generator: torch.Generator) -> tuple[Conditioning, torch.Tensor | None]:
     mode = request.mode
     size = dict(frames=request.frames, width=request.width, height=request.height)
+    fit = dict(size, resize=request.resize)
     if mode in ("t2v", "v2v"):
-        clean = video_latents(vae, request.input_video, **size) if mode == "v2v" else None
+        clean = video_latents(vae, request.input_video, **fit) if mode == "v2v" else None
         if config.variant == "inp":
             return inpaint_conditioning(vae, None, None, add_noise=False, **size), clean
         return Conditioning(), clean
     if mode == "i2v":
-        pixels, keep = image_to_video_inputs(request.start_images, request.end_images, **size)
+        pixels, keep = image_to_video_inputs(request.start_images, request.end_images, **fit)
         return inpaint_conditioning(vae, pixels, keep, add_noise=config.add_noise_in_inpaint_model,
                                     generator=generator, **size), None
     if mode == "camera":
         plucker = plucker_embedding(request.camera[: request.frames], request.width, request.height)
-        return camera_conditioning(vae, plucker, request.reference_image, **size), None
+        return camera_conditioning(vae, plucker, request.reference_image, **fit), None
     control = request.control_video
     if mode == "trajectory":
         control = render_trajectory_video(request.trajectory, request.frames, request.width, request.height)
-    return control_conditioning(vae, control, request.reference_image, **size), None
+    return control_conditioning(vae, control, request.reference_image, **fit), None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .resize import DEFAULT_RESIZE, check_resize, resize_frames
 
 SIZE_MULTIPLE = 16
 LATENT_CHANNELS = 16
@@ -49,15 +50,15 @@ def latent_shape(frames: int, width: int, height: int) -> tuple[int, int, int, i
     return 1, LATENT_CHANNELS, latent_frames(frames), height // 8, width // 8
 
 
-def frames_to_model(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE ``[F, H, W, C]`` in 0..1 -> ``[1, 3, F, height, width]`` in [-1, 1] (bicubic with antialiasing)."""
+def frames_to_model(frames: torch.Tensor, width: int, height: int, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
+    """IMAGE ``[F, H, W, C]`` in 0..1 -> ``[1, 3, F, height, width]`` in [-1, 1]; ``resize`` = crop (the default),
+    pad or stretch when the aspect ratios differ (``resize.py``; bicubic with antialiasing)."""
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames have shape {tuple(frames.shape)}: expected [F, H, W, C] with C = 1, 3 or 4.")
+    check_resize(resize)
     frames = frames.detach().cpu()  # IMAGE may live on the GPU (ComfyUI --gpu-only); the encoders move it
     x = frames[..., :3].float() if frames.shape[-1] != 1 else frames.float().expand(-1, -1, -1, 3)
-    x = x.permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    x = resize_frames(x.permute(0, 3, 1, 2), width, height, resize)  # [F, H, W, 3] -> [F, 3, height, width]
     x = x.clamp(0, 1) * 2 - 1
     return x.permute(1, 0, 2, 3).unsqueeze(0)  # [F, 3, H, W] -> [1, 3, F, H, W]
 

@@ -29,6 +29,19 @@ def mode_input_types() -> dict:
     return {name: (kind, {"tooltip": tip}) for name, (kind, tip) in MODE_INPUTS.items()}
 
 
+RESIZE_TOOLTIP = ("How images and videos of another aspect ratio than width x height fit: crop = scale to cover and "
+                  "keep the centre (as the models were trained); pad = scale to fit and add black borders; stretch = "
+                  "resize as is (distorts). EasyAnimate Size From Image picks a trained size with the image's "
+                  "aspect ratio.")
+
+
+def resize_input_types(tooltip: str = RESIZE_TOOLTIP) -> dict:
+    """The resize mode of the image and video inputs; optional and last, so saved workflows keep their widget order."""
+    from ..easyanimate_core.resize import DEFAULT_RESIZE, RESIZE_MODES
+
+    return {"resize_mode": (list(RESIZE_MODES), {"default": DEFAULT_RESIZE, "tooltip": tooltip})}
+
+
 def size_input_types() -> dict:
     """width, height and frames, as the sampler and the conditioning node declare them."""
     return {

@@ -8,7 +8,8 @@ below 1). KSampler or SamplerCustomAdvanced with EasyAnimate Scheduler then equa
 
 from __future__ import annotations
 
-from ._types import CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, size_input_types
+from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, resize_input_types,
+                     size_input_types)
 
 
 class EasyAnimateConditioning:
@@ -37,7 +38,7 @@ class EasyAnimateConditioning:
                     "Seeds the light noise InP models put on the known frames; the sampler's seed reproduces "
                     "EasyAnimate Sampler exactly.")}),
             },
-            "optional": mode_input_types(),
+            "optional": {**mode_input_types(), **resize_input_types()},
         }
 
     def condition(self, model, positive, negative, vae, width, height, frames, seed, **optional):
@@ -45,6 +46,7 @@ class EasyAnimateConditioning:
         import torch
 
         from ..easyanimate_core.generation import GenerationRequest, prepare_inputs
+        from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Conditioning")
@@ -54,6 +56,7 @@ class EasyAnimateConditioning:
             end_images=optional.get("end_image"), input_video=optional.get("input_video"),
             control_video=optional.get("control_video"), reference_image=optional.get("reference_image"),
             trajectory=optional.get("trajectory"), camera=optional.get("camera"),
+            resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
         load_on_device(vae)
         prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works

@@ -4,8 +4,8 @@ LATENT, with the exact denoise loop of the reference (its schedule, CFG and bf16
 from __future__ import annotations
 
 from . import _comfy
-from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, size_input_types,
-                     teacache_input_types)
+from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, resize_input_types,
+                     size_input_types, teacache_input_types)
 
 
 class EasyAnimateSampler:
@@ -41,7 +41,7 @@ class EasyAnimateSampler:
                     "Share of the last steps run without the negative prompt (one pass instead of two; the "
                     "official option). 0 = off; 0.1-0.25 saves that share of half the work.")}),
             },
-            "optional": mode_input_types(),
+            "optional": {**mode_input_types(), **resize_input_types()},
         }
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
@@ -49,6 +49,7 @@ class EasyAnimateSampler:
         from ..easyanimate_core.conditioning import require_variant
         from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
                                                    run_denoise)
+        from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.teacache import TeaCacheOptions
         from ._native import component, load_on_device, prompt_states, require_easyanimate
 
@@ -60,6 +61,7 @@ class EasyAnimateSampler:
             input_video=optional.get("input_video"), control_video=optional.get("control_video"),
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"), cfg_skip_ratio=cfg_skip_ratio,
+            resize=optional.get("resize_mode", DEFAULT_RESIZE),
             teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
         require_variant(transformer.config, request.mode)  # refused before any model moves

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from . import _comfy
-from ._types import CATEGORY, VAE
+from ._types import CATEGORY, VAE, resize_input_types
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,13 @@ class EasyAnimateEncode:
             "required": {
                 "vae": (VAE, {"tooltip": "From EasyAnimate Model Loader."}),
                 "frames": ("IMAGE", {"tooltip": "The video frames; extra frames beyond 4k+1 are dropped."}),
-            }
+            },
+            "optional": resize_input_types(
+                "Frames whose sides are not multiples of 8 are brought to the multiples below: crop (the default) "
+                "drops the few edge pixels beyond them, pad scales to fit and adds black borders, stretch squeezes."),
         }
 
-    def encode(self, vae, frames):
+    def encode(self, vae, frames, resize_mode="crop"):
         import torch
 
         from ..easyanimate_core.conditioning import video_latents
@@ -90,7 +93,8 @@ class EasyAnimateEncode:
                            frames.shape[1], count, width, height)
         load_on_device(vae)
         with torch.inference_mode():
-            latents = video_latents(component(vae), frames, frames=count, width=width, height=height)
+            latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
+                                    resize=resize_mode)
         return ({"samples": latents / component(vae).scaling_factor},)
 
 

@@ -43,7 +43,7 @@ SAMPLER_OPTIONAL = [("start_image", "IMAGE"), ("end_image", "IMAGE"), ("input_vi
 
 
 def sampler(strength: float = 1.0, steps: int = 50) -> Node:
-    return Node("EasyAnimateSampler", [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0],
+    return Node("EasyAnimateSampler", [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0, "crop"],
                 inputs=[("model", "MODEL"), ("vae", "EASYANIMATE_VAE"), ("positive", "CONDITIONING"),
                         ("negative", "CONDITIONING"), *SAMPLER_OPTIONAL],
                 outputs=[("samples", "LATENT")], size=(340, 420))
@@ -241,7 +241,7 @@ def native(prompt: str) -> dict:
                      outputs=[("MODEL", "MODEL")], size=(320, 110)),
         "cache": Node("EasyCache", [0.2, 0.15, 0.95, False], inputs=[("model", "MODEL")],
                       outputs=[("MODEL", "MODEL")], size=(320, 160)),
-        "condition": Node("EasyAnimateConditioning", [672, 384, 49, 43],
+        "condition": Node("EasyAnimateConditioning", [672, 384, 49, 43, "crop"],
                           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                                   ("vae", "EASYANIMATE_VAE"), *SAMPLER_OPTIONAL],
                           outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"),

@@ -3,9 +3,9 @@
 Reference 9.2 (``--training_with_video_token_length``): every batch holds about the same number of tokens. A clip
 of the full frame count trains at ``video_size`` squared pixels; shorter clips and images get a larger area, up to
 ``image_size`` squared, so that latent frames x area stays constant. A bucket never upscales the source beyond 1.25x
-its short side. The size is fitted to the closest of the official aspect ratios (height / width) and rounded to
-multiples of 16. Videos are sampled with a stride, inside the 10 %..90 % part of the clip when it is long enough,
-to 4k+1 frames.
+its short side. The size is fitted to the closest of the official aspect ratios (height / width; the table lives in
+``resize.py``) and rounded to multiples of 16. Videos are sampled with a stride, inside the 10 %..90 % part of the
+clip when it is long enough, to 4k+1 frames.
 
 Batches hold items of one bucket. The order is a pure function of (seed, epoch), so a resumed run draws exactly
 the batches the interrupted one would have drawn.
@@ -19,13 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..resize import closest_ratio
 from ..video import SIZE_MULTIPLE, latent_frames
 from .dataset import Entry
 
-# The keys of the official ASPECT_RATIO_512 table (height / width), 0.25 (256x1024) to 4.0 (1024x256).
-ASPECT_RATIOS = (0.25, 0.26, 0.27, 0.28, 0.32, 0.33, 0.35, 0.4, 0.42, 0.48, 0.5, 0.52, 0.57, 0.6, 0.68, 0.72, 0.78,
-                 0.82, 0.88, 0.94, 1.0, 1.07, 1.13, 1.21, 1.29, 1.38, 1.46, 1.67, 1.75, 2.0, 2.09, 2.4, 2.5, 2.89, 3.0,
-                 3.11, 3.62, 3.75, 3.88, 4.0)
 MAX_UPSCALE = 1.25
 CLIP_KEEP = (0.1, 0.9)  # video_length_drop_start / _end
 
@@ -58,11 +55,6 @@ class Bucket:
 
     def __str__(self) -> str:
         return f"{self.width}x{self.height}x{self.frames}"
-
-
-def closest_ratio(width: int, height: int) -> float:
-    aspect = height / width
-    return min(ASPECT_RATIOS, key=lambda r: abs(r - aspect))
 
 
 def _round16(x: float) -> int:

@@ -192,14 +192,4 @@ def read_pixels(entry: Entry, frame_indices: Sequence[int], width: int, height: 
                            entry.path, entry.frames)
         slot = {index: min(k, found.shape[0] - 1) for k, index in enumerate(wanted)}
         frames = found[[slot[i] for i in frame_indices]]  # [F, H0, W0, 3]
-    h0, w0 = frames.shape[1:3]
-    # Crop the source to the bucket's aspect ratio (centered), so the resize never distorts.
-    if w0 * height > h0 * width:
-        crop = round(h0 * width / height)
-        left = (w0 - crop) // 2
-        frames = frames[:, :, left:left + crop]
-    else:
-        crop = round(w0 * height / width)
-        top = (h0 - crop) // 2
-        frames = frames[:, top:top + crop]
-    return frames_to_model(frames, width, height)
+    return frames_to_model(frames, width, height, resize="crop")  # centred, so the resize never distorts
