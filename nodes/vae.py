@@ -78,10 +78,11 @@ class EasyAnimateEncode:
                 "drops the few edge pixels beyond them, pad scales to fit and adds black borders, stretch squeezes."),
         }
 
-    def encode(self, vae, frames, resize_mode="crop"):
+    def encode(self, vae, frames, resize_mode=None):
         import torch
 
         from ..easyanimate_core.conditioning import video_latents
+        from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.video import check_frames
         from ._native import component, load_on_device
 
@@ -94,7 +95,7 @@ class EasyAnimateEncode:
         load_on_device(vae)
         with torch.inference_mode():
             latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
-                                    resize=resize_mode)
+                                    resize=resize_mode or DEFAULT_RESIZE)
         return ({"samples": latents / component(vae).scaling_factor},)
 
 
