@@ -25,6 +25,7 @@ from .conditioning import VARIANTS_FOR_MODE, require_variant
 from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
+from .out_of_memory import OutOfMemoryPlan
 from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
 
 logger = logging.getLogger("easyanimate_core")
@@ -225,6 +226,7 @@ def generate(args: argparse.Namespace) -> int:
     from .loading import inspect_transformer, load_scheduler, load_transformer, load_vae
     from .memory import Placement
     from .ops import DEFAULT_OPS
+    from .out_of_memory import Workload, explain_out_of_memory
     from .regional_compile import compiled_blocks
     from .text_encoder import load_text_encoder
     from .video import write_mp4, write_png
@@ -245,30 +247,39 @@ def generate(args: argparse.Namespace) -> int:
                            "Pass --model PATH (or set EASYANIMATE_MODELS_DIR) for real weights.", variant)
         started = time.perf_counter()
         placement = Placement(args.memory_mode, device, torch.device("cpu"), blocks_on_gpu=args.blocks_on_gpu)
-        encoder = load_text_encoder(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
-        with placement.active(encoder):
+        workload = Workload(request.width, request.height, request.frames)
+
+        def stage(name: str, vae_tiles: bool = False):  # an out-of-memory error in it leaves as a plan
+            return explain_out_of_memory(name, device, memory_mode=args.memory_mode, workload=workload,
+                                         vae_tiles=vae_tiles)
+
+        with stage("loading the text encoder"):
+            encoder = load_text_encoder(model_dir, dtype=dtype, device=placement.resting_device, fp8=placement.fp8)
+        with stage("text encoding"), placement.active(encoder):
             prompt = encoder.encode([args.prompt])
             negative = encoder.encode([args.negative_prompt]) if request.guidance > 1.0 else None
         del encoder  # the text encoder is not needed for sampling
         attention, _ = select_attention(args.attention, device, dtype)
-        transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device,
-                                       fp8="fp8_scaled" if args.fp8_matmul else placement.fp8,
-                                       ops=dataclasses.replace(DEFAULT_OPS, attention=attention))
-        vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
+        with stage("loading the transformer and the VAE"):
+            transformer = load_transformer(model_dir, dtype=dtype, device=placement.resting_device,
+                                           fp8="fp8_scaled" if args.fp8_matmul else placement.fp8,
+                                           ops=dataclasses.replace(DEFAULT_OPS, attention=attention))
+            vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
         scheduler = load_scheduler(model_dir)
     logger.info("%s: %s at %dx%dx%d, %d steps, %s (models loaded in %.1f s)",
                 transformer.config.variant_description, request.mode, request.width, request.height, request.frames,
                 request.steps, args.memory_mode, time.perf_counter() - started)
     started = time.perf_counter()
-    with placement.active(vae):
+    with stage("VAE encode of the input images and videos", vae_tiles=True), placement.active(vae):
         prepared = prepare_inputs(transformer.config, vae, request)
     working = denoise_activation_bytes(transformer, prepared, prompt, negative)
     compiling = args.compile and _can_compile(args.memory_mode)
-    with (tqdm(total=request.steps, desc="sampling", unit="step") as bar, placement.active(transformer, working),
+    with (stage("sampling"), tqdm(total=request.steps, desc="sampling", unit="step") as bar,
+          placement.active(transformer, working),
           compiled_blocks(transformer) if compiling else contextlib.nullcontext()):
         latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
                               callback=lambda step, total, _: bar.update(1))
-    with placement.active(vae):
+    with stage("VAE decode", vae_tiles=True), placement.active(vae):
         frames = decode_latents(vae, latents, tile_size=args.tile_size or "auto")
     write_mp4(args.output, frames, fps=args.fps)
     png = write_png(args.output.with_suffix(".png"), frames[0])
@@ -307,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
+    except OutOfMemoryPlan as exc:  # where, what, and what to change: no traceback
+        logger.error("%s", exc)
+        return 3
 
 
 if __name__ == "__main__":
