@@ -102,6 +102,11 @@ def plan_for(stage: str, device: str, memory_mode: str | None, workload: Workloa
         mode, cost = _NEXT_MODE[memory_mode]
         where = "the memory_mode of EasyAnimate Model Loader" if comfyui else "--memory-mode"
         plan.append(f"Memory mode: {memory_mode} -> {mode} ({where}): {cost}.")
+    elif comfyui and memory_mode is None:
+        plan.append("Memory mode (EasyAnimate Model Loader): model_cpu_offload_and_qfloat8 or weight_dtype "
+                    "fp8_e4m3fn stores the transformer in fp8 (about half its VRAM, about as fast, a small change "
+                    "in the output); block_swap with fewer blocks_on_gpu, or sequential_cpu_offload, streams the "
+                    "weights (slower by the copies).")
     elif memory_mode == "sequential_cpu_offload":
         plan.append("Memory mode: sequential_cpu_offload already keeps the least on the GPU; only the steps below "
                     "lower the peak further.")

@@ -325,6 +325,17 @@ def component(patcher) -> torch.nn.Module:
     return held
 
 
+def memory_stage(stage: str, request=None, *, vae_tiles: bool = False):
+    """A context in which an out-of-memory error becomes the plan for ComfyUI users (out_of_memory.py): where it
+    happened, what was allocated, what to change (``request``: the video's size, for the smaller-size advice)."""
+    import comfy.model_management as mm
+
+    from ..easyanimate_core.out_of_memory import Workload, explain_out_of_memory
+
+    workload = Workload() if request is None else Workload(request.width, request.height, request.frames)
+    return explain_out_of_memory(stage, mm.get_torch_device(), workload=workload, vae_tiles=vae_tiles, comfyui=True)
+
+
 def load_on_device(patcher, memory_required: int = 0, *, whole: bool = True) -> None:
     """Ask ComfyUI to place ``patcher`` on its device (evicting other models as needed), ``memory_required`` bytes
     of activations beside it. ``whole``: no low-VRAM streaming (text encoder and VAE, built from plain layers)."""

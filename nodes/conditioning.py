@@ -47,7 +47,7 @@ class EasyAnimateConditioning:
 
         from ..easyanimate_core.generation import GenerationRequest, prepare_inputs
         from ..easyanimate_core.resize import DEFAULT_RESIZE
-        from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, require_easyanimate
+        from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, memory_stage, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Conditioning")
         config = model.model.diffusion_model.config
@@ -58,8 +58,9 @@ class EasyAnimateConditioning:
             trajectory=optional.get("trajectory"), camera=optional.get("camera"),
             resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
-        load_on_device(vae)
-        prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
+        with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
+            load_on_device(vae)
+            prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
         values = {key: tensor for key, tensor in ((INPAINT_KEY, prepared.conditioning.inpaint_latents),
                                                   (CONTROL_KEY, prepared.conditioning.control_latents))
                   if tensor is not None}

@@ -51,7 +51,7 @@ class EasyAnimateSampler:
                                                    run_denoise)
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.teacache import TeaCacheOptions
-        from ._native import component, load_on_device, prompt_states, require_easyanimate
+        from ._native import component, load_on_device, memory_stage, prompt_states, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Sampler")
         transformer = model.model.diffusion_model
@@ -67,17 +67,19 @@ class EasyAnimateSampler:
         require_variant(transformer.config, request.mode)  # refused before any model moves
         text = prompt_states(positive, "positive", transformer.config)
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
-        load_on_device(vae)
-        prepared = prepare_inputs(transformer.config, component(vae), request)
+        with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
+            load_on_device(vae)
+            prepared = prepare_inputs(transformer.config, component(vae), request)
         progress = _comfy.Progress(request.steps)
 
         def on_step(step, total, latents):
             progress.update(step, total, latents)
             _comfy.check_interrupt()
 
-        load_on_device(model, denoise_activation_bytes(transformer, prepared, text, negative_text), whole=False)
-        latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
-                              callback=on_step)
+        with memory_stage("sampling", request):
+            load_on_device(model, denoise_activation_bytes(transformer, prepared, text, negative_text), whole=False)
+            latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
+                                  callback=on_step)
         return ({"samples": model.model.process_latent_out(latents.float().cpu())},)
 
 

@@ -36,12 +36,13 @@ class EasyAnimateTextEncode:
     def encode(self, text_encoder, prompt, negative_prompt):
         import torch
 
-        from ._native import component, load_on_device
+        from ._native import component, load_on_device, memory_stage
 
-        load_on_device(text_encoder)
-        with torch.inference_mode():
-            positive = component(text_encoder).encode([prompt])
-            negative = component(text_encoder).encode([negative_prompt])
+        with memory_stage("text encoding"):
+            load_on_device(text_encoder)  # outside inference mode: moved weights must stay normal tensors
+            with torch.inference_mode():
+                positive = component(text_encoder).encode([prompt])
+                negative = component(text_encoder).encode([negative_prompt])
         # The DiT attends to every one of the 256 tokens, pads included: no attention mask travels with them.
         return [[positive.states.cpu(), {}]], [[negative.states.cpu(), {}]]
 

@@ -40,7 +40,8 @@ class EasyAnimateDecode:
     def decode(self, vae, samples, tile_size):
         from ..easyanimate_core.generation import decode_latents
         from ..easyanimate_core.vae_tiling import estimate_bytes
-        from ._native import check_latent, component, load_on_device
+        from ..easyanimate_core.out_of_memory import Workload
+        from ._native import check_latent, component, load_on_device, memory_stage
 
         latents = check_latent(samples, "EasyAnimate Decode")
         model = component(vae)
@@ -52,9 +53,11 @@ class EasyAnimateDecode:
 
         # ComfyUI frees other models' VRAM for whole frames before the tile planner looks at free memory.
         whole_frames = 0 if tile_size else estimate_bytes(model.config, latents.shape, encode=False, dtype=model.dtype)
-        load_on_device(vae, whole_frames)
-        frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
-                                callback=on_chunk)
+        video = Workload(latents.shape[-1] * 8, latents.shape[-2] * 8, (latents.shape[2] - 1) * 4 + 1)
+        with memory_stage("VAE decode", video, vae_tiles=True):
+            load_on_device(vae, whole_frames)
+            frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
+                                    callback=on_chunk)
         return (frames.cpu(),)
 
 
@@ -82,9 +85,10 @@ class EasyAnimateEncode:
         import torch
 
         from ..easyanimate_core.conditioning import video_latents
+        from ..easyanimate_core.out_of_memory import Workload
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.video import check_frames
-        from ._native import component, load_on_device
+        from ._native import component, load_on_device, memory_stage
 
         count = check_frames(frames.shape[0], allow_round=True)
         height, width = frames.shape[1] // 8 * 8, frames.shape[2] // 8 * 8
@@ -92,10 +96,11 @@ class EasyAnimateEncode:
             logger.warning("EasyAnimate Encode: %d frames of %dx%d become %d frames of %dx%d (the VAE takes 4k+1 "
                            "frames with sides that are multiples of 8).", frames.shape[0], frames.shape[2],
                            frames.shape[1], count, width, height)
-        load_on_device(vae)
-        with torch.inference_mode():
-            latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
-                                    resize=resize_mode or DEFAULT_RESIZE)
+        with memory_stage("VAE encode", Workload(width, height, count), vae_tiles=True):
+            load_on_device(vae)  # outside inference mode: weights moved inside it would become inference tensors
+            with torch.inference_mode():
+                latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
+                                        resize=resize_mode or DEFAULT_RESIZE)
         return ({"samples": latents / component(vae).scaling_factor},)
 
 

@@ -183,3 +183,31 @@ def test_decode_refuses_an_image_model_latent(comfyui):
     _, _, vae, _ = _load("demo-inp")
     with pytest.raises(ValueError, match=r"\(1, 4, 64, 64\).*EasyAnimate video latents"):
         _run("EasyAnimateDecode", vae=vae, samples={"samples": torch.zeros(1, 4, 64, 64)}, tile_size=0)
+
+
+@pytest.mark.parametrize("target, error, stage", [
+    ("easyanimate_core.transformer.EasyAnimateTransformer.forward", "gpu", "sampling"),
+    ("easyanimate_core.text_encoder.QwenTextEncoder.encode", "host", "text encoding"),
+    ("easyanimate_core.vae.MagvitVAE.decode", "gpu", "VAE decode"),
+    ("easyanimate_core.vae.MagvitVAE.encode", "host", "VAE encode of the input images and videos"),
+])
+def test_out_of_memory_in_a_node_becomes_comfyuis_oom_with_a_plan(comfyui, monkeypatch, target, error, stage):
+    import importlib
+
+    import comfy.model_management as mm
+
+    module, owner, method = target.rsplit(".", 2)
+    error = (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB") if error == "gpu"
+             else RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes"))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(getattr(importlib.import_module(f"{pack.__name__}.{module}"), owner), method, fail)
+    with pytest.raises(mm.OOM_EXCEPTION) as caught:  # ComfyUI's execution still frees its models for it
+        _graph("demo-inp", {"start_image": torch.rand(1, 32, 48, 3)})
+    message = str(caught.value)
+    assert type(caught.value).__name__ == "OutOfMemoryPlan" and f"during {stage} while allocating" in message
+    assert "EasyAnimate Model Loader" in message or "Free host RAM" in message
+    assert "Unload models" in message and "--memory-mode" not in message
+    assert ("tile_size on EasyAnimate Decode" in message) == stage.startswith("VAE")
