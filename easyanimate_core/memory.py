@@ -57,6 +57,18 @@ def execution_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` as tensors on it report it: an accelerator without an index gets the current one ("cuda" ->
+    "cuda:0")."""
+    device = torch.device(device)
+    if device.type == "cpu" or device.index is not None:
+        return device
+    backend = getattr(torch, device.type, None)
+    if not hasattr(backend, "current_device"):  # meta and other devices without an index
+        return device
+    return torch.device(device.type, backend.current_device() if backend.is_available() else 0)
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> int:
     if hasattr(tensor, "__tensor_flatten__"):  # quanto's fp8 weights: count the stored payload and scales
         names, _ = tensor.__tensor_flatten__()
@@ -169,6 +181,10 @@ class Placement:
     make_room: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
+        # One spelling per device, so that placements compare equal to the devices tensors report ("cuda" vs
+        # "cuda:0" made block swap fetch every streamed block twice).
+        object.__setattr__(self, "compute", canonical_device(self.compute))
+        object.__setattr__(self, "offload", canonical_device(self.offload))
         if self.mode not in MEMORY_MODES:
             raise ValueError(f"memory mode {self.mode!r}: expected one of {MEMORY_MODES}.")
         if self.blocks_on_gpu is not None and self.blocks_on_gpu < 0:
@@ -233,6 +249,7 @@ def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
     saved = [(owners[name.rpartition(".")[0]], name.rpartition(".")[2], kind, tensor)
              for kind, named in (("_parameters", module.named_parameters()), ("_buffers", module.named_buffers()))
              for name, tensor in named]
+    own_forward = {name for name, child in owners.items() if "forward" in vars(child)}
     try:
         cpu_offload(module, execution_device=compute)
         with whole_tensors():  # the hooks copy each layer's weights per call: chunks would copy them per chunk
@@ -241,6 +258,11 @@ def _sequential(module: nn.Module, compute, offload) -> Iterator[None]:
         remove_hook_from_submodules(module)
         for owner, attr, kind, tensor in saved:
             getattr(owner, kind)[attr] = tensor
+        # accelerate puts the old forward back as an instance attribute (a bound method: a reference cycle that
+        # also hides later patches of the class); modules that had none get none.
+        for name, child in owners.items():
+            if name not in own_forward:
+                vars(child).pop("forward", None)
         _empty_cache(compute)
 
 

@@ -33,7 +33,9 @@ def _inputs(dtype=torch.float32):
 
 
 def _hooks(module):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + hasattr(m, "_hf_hook") for m in module.modules())
+    """Hooks and hook leftovers: accelerate's ``_hf_hook`` and an instance ``forward`` that shadows the class's."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + hasattr(m, "_hf_hook") + ("forward" in vars(m))
+               for m in module.modules())
 
 
 @pytest.mark.parametrize("mode", ["model_cpu_offload", "sequential_cpu_offload", "block_swap"])
@@ -179,3 +181,25 @@ def test_sequential_offload_runs_whole_tensors_so_each_layer_is_fetched_once(mon
             torch.testing.assert_close(model(*x), expected, atol=1e-5, rtol=1e-5)
         assert chunking.chunked()  # back to chunks after the mode
     assert chunked_calls == 10 and len(calls) == 1
+
+
+CURRENT = f"cuda:{torch.cuda.current_device() if torch.cuda.is_available() else 0}"
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("cuda", CURRENT), ("cuda:1", "cuda:1"), (torch.device("cuda"), CURRENT), ("cpu", "cpu"), ("meta", "meta"),
+])
+def test_placements_name_each_device_as_its_tensors_do(given, expected):
+    assert memory.canonical_device(given) == torch.device(expected)
+    placement = Placement("block_swap", given, "cpu")
+    assert placement.compute == torch.device(expected) and placement.offload == CPU
+
+
+def test_an_instance_forward_a_module_had_survives_sequential_offload():
+    model, x = _model(), _inputs()
+    block = model.transformer_blocks[0]
+    block.forward = block.forward  # an instance attribute set by someone else (e.g. another hook library)
+    with Placement("sequential_cpu_offload", CPU, CPU).active(model):
+        model(*x)
+    assert "forward" in vars(block)
+    assert not any("forward" in vars(m) for m in model.modules() if m is not block)
