@@ -292,6 +292,13 @@ def load_model(folder: Path, dtype: torch.dtype, weight_dtype: str, memory_mode:
                  latent_scale, load_scheduler(folder))
 
 
+def compute_device() -> torch.device:
+    """Where ComfyUI runs models (the CPU on a machine without a usable GPU, or with --cpu)."""
+    import comfy.model_management as mm
+
+    return torch.device(mm.get_torch_device())
+
+
 def offload_device() -> torch.device:
     """Where ComfyUI keeps models between uses (system RAM, or the GPU with --gpu-only / --highvram)."""
     import comfy.model_management as mm

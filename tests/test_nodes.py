@@ -211,3 +211,14 @@ def test_out_of_memory_in_a_node_becomes_comfyuis_oom_with_a_plan(comfyui, monke
     assert "EasyAnimate Model Loader" in message or "Free host RAM" in message
     assert "Unload models" in message and "--memory-mode" not in message
     assert ("tile_size on EasyAnimate Decode" in message) == stage.startswith("VAE")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_on_a_cpu_only_comfyui_the_vae_runs_in_fp32(comfyui, caplog, precision):
+    model, text_encoder, vae, info = _run("EasyAnimateModelLoader", model="demo-inp", precision=precision,
+                                          memory_mode="model_cpu_offload", blocks_on_gpu=-1, weight_dtype="default")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    assert vae.model.component.dtype == torch.float32  # the test machine's ComfyUI computes on the CPU
+    assert text_encoder.model.component.dtype == dtype and model.model.diffusion_model.dtype == dtype
+    assert ("VAE in fp32 on the CPU" in info) == (precision != "fp32")
+    assert ("~35x slower" in caplog.text) == (precision != "fp32")
