@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from . import _comfy
-from ._types import CATEGORY, TRAJECTORY
+from ._types import CATEGORY, TRAJECTORY, resize_input_types
 
 EMPTY_DRAWING = '{"version": 1, "tracks": []}'
 
@@ -42,12 +42,16 @@ class EasyAnimateTrajectory:
                                                       "replaces the drawing when connected."}),
                 "canvas_mask": ("MASK", {"tooltip": "KJNodes SplineEditor mask: its size is the canvas the "
                                                     "coordinates were drawn on (default: width x height)."}),
+                **resize_input_types("How the canvas shows the image: set it as on the sampler (crop, the default, "
+                                     "shows the centre the sampler keeps; pad the whole image with black borders; "
+                                     "stretch the whole image squeezed), so the tracks land on what they were "
+                                     "drawn on."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def build(self, trajectory, width, height, frames, image=None, coordinates=None, canvas_mask=None,
-              unique_id=None):
+              resize_mode=None, unique_id=None):  # resize_mode is read by the canvas widget only
         from ..easyanimate_core.trajectory import parse_trajectory, render_trajectory_video
 
         # The canvas widget (web/js/trajectory_widget.js) shows the image input after a run. It reads this key

@@ -400,6 +400,34 @@ def test_the_reference_image_comes_from_the_run_or_a_drop_or_a_paste(page):
         assert _state(page, node)["imageUrl"].startswith("blob:"), event
 
 
+def test_the_image_is_shown_as_the_resize_mode_fits_it(page):
+    """The 336 x 192 reference in a square frame: crop shows its centre (the gradient starts at column 72), pad the
+    whole image with black bands, stretch the whole image squeezed; changing the mode redraws."""
+    node = _new_node(page, width=384, height=384)
+    page.evaluate("(i) => T.node(i).onExecuted({trajectory_image: [{filename: 'ref.png', subfolder: '', "
+                  "type: 'temp'}]})", node)
+    page.wait_for_function("(i) => T.editor(i).image", arg=node)
+
+    def pixel(x, y):
+        return np.array(page.evaluate("([i, x, y]) => T.framePixel(i, x, y)", [node, x, y]), dtype=float)
+
+    def blue_at(column):  # the reference's gradient (blue: cv2 writes BGR) at a column, under the 25 % darkening
+        return (40 + 160 * column / 335) * 0.75
+
+    shown = {}
+    for mode in ("crop", "pad", "stretch"):
+        if mode != "crop":  # crop is the default
+            page.evaluate("([i, v]) => T.setNumber(i, 'resize_mode', v)", [node, mode])
+        shown[mode] = {"left": pixel(0.03, 0.5), "top": pixel(0.5, 0.03), "centre": pixel(0.5, 0.5)}
+        assert np.abs(shown[mode]["centre"] - 255 * 0.75).max() <= 6, (mode, shown[mode])  # the white square
+    assert abs(shown["crop"]["left"][2] - blue_at(72 + 0.03 * 192)) <= 8, shown["crop"]
+    assert abs(shown["crop"]["top"][1] - 90 * 0.75) <= 6, shown["crop"]
+    assert shown["pad"]["top"].max() <= 3, shown["pad"]  # a black band above the image
+    assert abs(shown["pad"]["left"][2] - blue_at(0.03 * 336)) <= 8, shown["pad"]
+    assert abs(shown["stretch"]["left"][2] - blue_at(0.03 * 336)) <= 8, shown["stretch"]
+    assert abs(shown["stretch"]["top"][1] - 90 * 0.75) <= 6, shown["stretch"]
+
+
 def test_the_image_survives_comfyuis_undo_which_rebuilds_the_node(page):
     graph = {"id": "graph-1"}
     node = _new_node(page, graph=graph, id=9)

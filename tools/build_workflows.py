@@ -179,7 +179,7 @@ def workflows() -> dict[str, dict]:
     drawing = json.dumps({"version": 1, "canvas": {"width": 672, "height": 384}, "frames": 49,
                           "tracks": [{"points": [[0.2, 0.7], [0.5, 0.45], [0.8, 0.6]]}]})
     nodes["image"] = load_image()
-    nodes["trajectory"] = Node("EasyAnimateTrajectory", [drawing, 672, 384, 49],
+    nodes["trajectory"] = Node("EasyAnimateTrajectory", [drawing, 672, 384, 49, "crop"],
                                inputs=[("image", "IMAGE"), ("coordinates", "STRING"), ("canvas_mask", "MASK")],
                                outputs=[("trajectory", "EASYANIMATE_TRAJECTORY"), ("control_video", "IMAGE")],
                                size=(480, 520))

@@ -29,7 +29,7 @@ async function boot() {
     nodes,
     documentKeys,
     /** A node as ComfyUI creates it: its widgets from the node definition, then onNodeCreated. */
-    createNode({ width = 672, height = 384, frames = 49, text = EMPTY, box = [560, 420], graph = null, id = -1 } = {}) {
+    createNode({ width = 672, height = 384, frames = 49, resize = "crop", text = EMPTY, box = [560, 420], graph = null, id = -1 } = {}) {
       const host = document.createElement("div");
       host.className = "host dom-widget";
       host.style.width = `${box[0]}px`;
@@ -46,6 +46,7 @@ async function boot() {
           makeWidget("width", "number", width),
           makeWidget("height", "number", height),
           makeWidget("frames", "number", frames),
+          makeWidget("resize_mode", "combo", resize),
         ],
         addDOMWidget(name, type, element, options) {
           const widget = {
@@ -81,7 +82,7 @@ async function boot() {
       nodes[i].widgets.find((w) => w.name === "trajectory").value = text;
       nodes[i].onConfigure?.({});
     },
-    /** A user edit of a number widget: LiteGraph sets the value, then calls the widget's callback. */
+    /** A user edit of a number or combo widget: LiteGraph sets the value, then calls the widget's callback. */
     setNumber(i, name, value) {
       const w = nodes[i].widgets.find((x) => x.name === name);
       w.value = value;
@@ -123,6 +124,15 @@ async function boot() {
       const b = all.find((x) => x.textContent === label);
       const r = b.getBoundingClientRect();
       return [r.left + r.width / 2, r.top + r.height / 2];
+    },
+    /** [r, g, b] of the canvas at normalised frame coordinates. */
+    framePixel(i, x, y) {
+      const editor = window.T.editor(i);
+      const f = editor.frameRect();
+      const dpr = editor.canvas.width / editor.canvas.clientWidth;
+      const px = Math.floor((f.x + x * f.width) * dpr);
+      const py = Math.floor((f.y + y * f.height) * dpr);
+      return [...editor.canvas.getContext("2d").getImageData(px, py, 1, 1).data.slice(0, 3)];
     },
     pixels(i) {
       return window.T.editor(i).canvas.toDataURL("image/png");

@@ -28,6 +28,7 @@ const COORD_DIGITS = 1e5;
 // The image shown on each node, by graph and node id: ComfyUI's undo and redo rebuild the nodes from the workflow,
 // which holds the drawing but not the image (a dropped image exists only in this page).
 const shownImages = new Map();
+const RESIZE_MODES = ["crop", "pad", "stretch"]; // the first is the default, as in easyanimate_core/resize.py
 const COLORS = ["#ff5a5a", "#4fc3f7", "#9ccc65", "#ffca28", "#ba68c8", "#ff8a65", "#4db6ac", "#f06292"];
 
 // ------------------------------------------------------------------------------------------------------------
@@ -101,6 +102,28 @@ export function resampleTrack(points, frames, aspect = 1) {
   out[0] = first;
   out[frames - 1] = [poly[poly.length - 1][0], poly[poly.length - 1][1]];
   return out;
+}
+
+/**
+ * Where an image of iw x ih goes in the frame `rect` under a resize mode, as easyanimate_core/resize.py fits the
+ * reference image: [sx, sy, sw, sh, dx, dy, dw, dh] for ctx.drawImage. crop: the centred part with the frame's
+ * aspect ratio, on the whole frame; pad: the whole image scaled to fit, centred (the rest is black); stretch: the
+ * whole image on the whole frame.
+ */
+export function fitImage(iw, ih, rect, mode) {
+  const frame = [rect.x, rect.y, rect.width, rect.height];
+  if (mode === "stretch") return [0, 0, iw, ih, ...frame];
+  if (mode === "pad") {
+    const scale = Math.min(rect.width / iw, rect.height / ih);
+    const [dw, dh] = [iw * scale, ih * scale];
+    return [0, 0, iw, ih, rect.x + (rect.width - dw) / 2, rect.y + (rect.height - dh) / 2, dw, dh];
+  }
+  if (iw * rect.height > ih * rect.width) {
+    const sw = (ih * rect.width) / rect.height;
+    return [(iw - sw) / 2, 0, sw, ih, ...frame];
+  }
+  const sh = (iw * rect.height) / rect.width;
+  return [0, (ih - sh) / 2, iw, sh, ...frame];
 }
 
 /** Parse the widget's JSON (version 1 only): {tracks, canvas, frames}; throws Error naming what is wrong. */
@@ -320,6 +343,12 @@ export class TrajectoryEditor {
 
   frames() {
     return Math.max(1, Math.round(this.widgetValue("frames", 49)));
+  }
+
+  /** How the sampler fits the reference image (the node's resize_mode, which should match the sampler's). */
+  resizeMode() {
+    const value = this.node.widgets?.find((w) => w.name === "resize_mode")?.value;
+    return RESIZE_MODES.includes(value) ? value : RESIZE_MODES[0];
   }
 
   outputSize() {
@@ -652,8 +681,10 @@ export class TrajectoryEditor {
 
   drawBackground(ctx, rect) {
     if (this.image) {
-      // Stretched to the frame, as the sampler resizes the reference image to width x height.
-      ctx.drawImage(this.image, rect.x, rect.y, rect.width, rect.height);
+      // Fitted as the sampler fits the reference image to width x height, so a track lands on what it was drawn on.
+      ctx.fillStyle = "#000";
+      ctx.fillRect(rect.x, rect.y, rect.width, rect.height);
+      ctx.drawImage(this.image, ...fitImage(this.image.naturalWidth, this.image.naturalHeight, rect, this.resizeMode()));
       ctx.fillStyle = "rgba(0, 0, 0, 0.25)";
       ctx.fillRect(rect.x, rect.y, rect.width, rect.height);
     } else {
@@ -844,6 +875,8 @@ function attachEditor(node) {
     const w = node.widgets.find((x) => x.name === name);
     if (w) chain(w, "callback", () => editor.onSizeOrFramesChanged());
   }
+  const resize = node.widgets.find((x) => x.name === "resize_mode");
+  if (resize) chain(resize, "callback", () => editor.render());
   node.setSize?.([Math.max(node.size?.[0] ?? 0, DEFAULT_NODE_SIZE[0]), Math.max(node.size?.[1] ?? 0, DEFAULT_NODE_SIZE[1])]);
   return editor;
 }
