@@ -8,6 +8,7 @@ before sampling); decoding is a separate step.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,7 +25,7 @@ from .conditioning import (
 )
 from .config import TransformerConfig
 from .memory import execution_device
-from .resize import DEFAULT_RESIZE, check_resize
+from .resize import DEFAULT_RESIZE, check_resize, fit_note
 from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
 from .scheduler import FlowMatchEulerScheduler
 from .teacache import TeaCacheOptions
@@ -34,6 +35,8 @@ from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
 from .vae_tiling import TileSize
 from .video import check_frames, check_size, latent_shape, model_to_frames
+
+logger = logging.getLogger(__name__)
 
 # The negative prompt of the official predict scripts ("twisted body, limb deformities, text captions, comic,
 # static, ugly, error, messy code").
@@ -105,9 +108,21 @@ class GenerationRequest:
         return request
 
 
+def _log_fits(request: GenerationRequest) -> None:
+    """One line per image or video input whose aspect ratio differs from the output's: what the resize does."""
+    for name, value in (("The start image", request.start_images), ("The end image", request.end_images),
+                        ("The reference image", request.reference_image), ("The input video", request.input_video),
+                        ("The control video", request.control_video)):
+        if value is not None:
+            note = fit_note(name, value.shape[2], value.shape[1], request.width, request.height, request.resize)
+            if note:
+                logger.info("%s", note)
+
+
 def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: MagvitVAE,
                   generator: torch.Generator) -> tuple[Conditioning, torch.Tensor | None]:
     mode = request.mode
+    _log_fits(request)
     size = dict(frames=request.frames, width=request.width, height=request.height)
     fit = dict(size, resize=request.resize)
     if mode in ("t2v", "v2v"):

@@ -84,6 +84,23 @@ def fit_box(width: int, height: int, out_width: int, out_height: int) -> tuple[i
     return (out_width - fitted_w) // 2, (out_height - fitted_h) // 2, fitted_w, fitted_h
 
 
+def fit_note(name: str, width: int, height: int, out_width: int, out_height: int, mode: str) -> str | None:
+    """What fitting a ``width`` x ``height`` input into the output does, for the log; None when the aspect ratios
+    match (to within a pixel of rounding)."""
+    _, _, crop_w, crop_h = crop_box(width, height, out_width, out_height)
+    if max(abs(crop_w - width), abs(crop_h - height)) <= 1:
+        return None
+    if mode == "crop":
+        done = f"its centre {crop_w}x{crop_h} is kept (resize crop)"
+    elif mode == "pad":
+        _, _, fitted_w, fitted_h = fit_box(width, height, out_width, out_height)
+        done = f"it is scaled to {fitted_w}x{fitted_h} with black borders (resize pad)"
+    else:
+        done = "it is stretched, which distorts it (resize stretch)"
+    return (f"{name} {width}x{height} has another aspect ratio than the {out_width}x{out_height} output: {done}. "
+            f"A size with its aspect ratio: EasyAnimate Size From Image, or --size-from-image.")
+
+
 def _scale(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
     if x.shape[-2:] == (height, width):
         return x

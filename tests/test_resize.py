@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from easyanimate_core.resize import ASPECT_RATIO_512, BASE_RESOLUTIONS, bucket_size, closest_ratio
+from easyanimate_core.resize import ASPECT_RATIO_512, BASE_RESOLUTIONS, bucket_size, closest_ratio, fit_note
 from easyanimate_core.video import frames_to_model, read_video, write_png
 
 MODES = ("crop", "pad", "stretch")
@@ -107,6 +107,20 @@ def test_pad_leaves_black_borders_and_scales_the_whole_input_inside(source, out,
     assert border.numel() and (border == -1).all()  # black (0 in IMAGE values)
     assert abs(int(cols[0]) - (out[0] - 1 - int(cols[-1]))) <= 1  # centred
     assert torch.allclose(video[0, :, 0, int(rows[1]), int(cols[1])], torch.tensor(0.5), atol=1e-3)
+
+
+@pytest.mark.parametrize("mode, said", [
+    ("crop", "its centre 1024x585 is kept (resize crop)"),
+    ("pad", "it is scaled to 384x384 with black borders (resize pad)"),
+    ("stretch", "it is stretched, which distorts it (resize stretch)"),
+])
+def test_the_log_says_what_fitting_does_and_only_when_the_aspect_differs(mode, said):
+    assert fit_note("The start image", 1024, 1024, 672, 384, mode) == (
+        f"The start image 1024x1024 has another aspect ratio than the 672x384 output: {said}. A size with its "
+        f"aspect ratio: EasyAnimate Size From Image, or --size-from-image.")
+    assert fit_note("The start image", 1344, 768, 672, 384, mode) is None
+    assert fit_note("The start image", 1920, 1080, 672, 384, mode) is not None  # 16:9 is not quite 7:4
+    assert fit_note("The start image", 673, 384, 672, 384, mode) is None  # a pixel of rounding
 
 
 def test_an_unknown_mode_is_refused_by_name():
@@ -209,18 +223,27 @@ def inp_model(tmp_path_factory):
 SMALL = ["--frames", "5", "--steps", "1", "--guidance", "1", "--prompt", "a red ball"]
 
 
-def test_cli_resize_modes_reach_the_conditioning(tmp_path, inp_model, capsys):
+def test_cli_resize_modes_reach_the_conditioning(tmp_path, inp_model, capsys, caplog):
     from easyanimate_core.__main__ import main
 
+    caplog.set_level(logging.INFO, logger="easyanimate_core")
     square = write_png(tmp_path / "square.png", _disc(64, 64, 20)[0])
     exact = write_png(tmp_path / "exact.png", _disc(48, 32, 10)[0])
     videos = {}
+    fits = {"crop": "its centre 64x43 is kept (resize crop)",
+            "pad": "it is scaled to 32x32 with black borders (resize pad)",
+            "stretch": "it is stretched, which distorts it (resize stretch)"}
     for name, image in (("square", square), ("exact", exact)):
-        for mode in MODES:
+        for mode, fit in fits.items():
             output = tmp_path / f"{name}-{mode}.mp4"
             assert main(["generate", *SMALL, "--width", "48", "--height", "32", "--model", str(inp_model),
                          "--start-image", str(image), "--resize", mode, "--output", str(output)]) == 0
             videos[name, mode] = read_video(output)
+            said = [r.getMessage() for r in caplog.records if "another aspect ratio" in r.getMessage()]
+            assert said == ([f"The start image 64x64 has another aspect ratio than the 48x32 output: {fit}. A size "
+                             f"with its aspect ratio: EasyAnimate Size From Image, or --size-from-image."]
+                            if name == "square" else []), said
+            caplog.clear()
     assert not torch.equal(videos["square", "crop"], videos["square", "pad"])
     assert not torch.equal(videos["square", "crop"], videos["square", "stretch"])
     assert torch.equal(videos["exact", "crop"], videos["exact", "pad"])
