@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +135,26 @@ def check_interrupt() -> None:
     except ImportError:
         return
     mm.throw_exception_if_processing_interrupted()
+
+
+@contextmanager
+def cancel_points(module) -> Iterator[None]:
+    """Cancel checked before every block of ``module`` (its ``repeated_blocks()``; for the VAE, every residual
+    block), not only between steps: under sequential offload or block swap one step or one VAE chunk can take
+    minutes. The hooks go when the block ends; compiled blocks run them outside their graphs."""
+    blocks = (module.repeated_blocks() if hasattr(module, "repeated_blocks")
+              else [m for m in module.modules() if type(m).__name__ == "ResidualBlock"])
+    handles = [block.register_forward_pre_hook(_check_interrupt_hook) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.compiler.disable
+def _check_interrupt_hook(module, args) -> None:
+    check_interrupt()
 
 
 class Progress:

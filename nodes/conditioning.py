@@ -8,6 +8,7 @@ below 1). KSampler or SamplerCustomAdvanced with EasyAnimate Scheduler then equa
 
 from __future__ import annotations
 
+from . import _comfy
 from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, resize_input_types,
                      size_input_types)
 
@@ -60,7 +61,8 @@ class EasyAnimateConditioning:
         ).checked()
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
+            with _comfy.cancel_points(component(vae)):
+                prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
         values = {key: tensor for key, tensor in ((INPAINT_KEY, prepared.conditioning.inpaint_latents),
                                                   (CONTROL_KEY, prepared.conditioning.control_latents))
                   if tensor is not None}

@@ -69,7 +69,8 @@ class EasyAnimateSampler:
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            prepared = prepare_inputs(transformer.config, component(vae), request)
+            with _comfy.cancel_points(component(vae)):
+                prepared = prepare_inputs(transformer.config, component(vae), request)
         progress = _comfy.Progress(request.steps)
 
         def on_step(step, total, latents):
@@ -78,8 +79,9 @@ class EasyAnimateSampler:
 
         with memory_stage("sampling", request):
             load_on_device(model, denoise_activation_bytes(transformer, prepared, text, negative_text), whole=False)
-            latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
-                                  callback=on_step)
+            with _comfy.cancel_points(transformer):  # the blocks as loaded (compiled ones included)
+                latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
+                                      callback=on_step)
         return ({"samples": model.model.process_latent_out(latents.float().cpu())},)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _comfy
 from ._types import CATEGORY, CONDITIONING, TEXT_ENCODER
 
 
@@ -40,7 +41,7 @@ class EasyAnimateTextEncode:
 
         with memory_stage("text encoding"):
             load_on_device(text_encoder)  # outside inference mode: moved weights must stay normal tensors
-            with torch.inference_mode():
+            with torch.inference_mode(), _comfy.cancel_points(component(text_encoder)):
                 positive = component(text_encoder).encode([prompt])
                 negative = component(text_encoder).encode([negative_prompt])
         # The DiT attends to every one of the 256 tokens, pads included: no attention mask travels with them.

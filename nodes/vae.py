@@ -56,8 +56,9 @@ class EasyAnimateDecode:
         video = Workload(latents.shape[-1] * 8, latents.shape[-2] * 8, (latents.shape[2] - 1) * 4 + 1)
         with memory_stage("VAE decode", video, vae_tiles=True):
             load_on_device(vae, whole_frames)
-            frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
-                                    callback=on_chunk)
+            with _comfy.cancel_points(model):
+                frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
+                                        callback=on_chunk)
         return (frames.cpu(),)
 
 
@@ -98,7 +99,7 @@ class EasyAnimateEncode:
                            frames.shape[1], count, width, height)
         with memory_stage("VAE encode", Workload(width, height, count), vae_tiles=True):
             load_on_device(vae)  # outside inference mode: weights moved inside it would become inference tensors
-            with torch.inference_mode():
+            with torch.inference_mode(), _comfy.cancel_points(component(vae)):
                 latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
                                         resize=resize_mode or DEFAULT_RESIZE)
         return ({"samples": latents / component(vae).scaling_factor},)

@@ -222,3 +222,46 @@ def test_on_a_cpu_only_comfyui_the_vae_runs_in_fp32(comfyui, caplog, precision):
     assert text_encoder.model.component.dtype == dtype and model.model.diffusion_model.dtype == dtype
     assert ("VAE in fp32 on the CPU" in info) == (precision != "fp32")
     assert ("~35x slower" in caplog.text) == (precision != "fp32")
+
+
+@pytest.mark.parametrize("where", ["transformer", "vae_encode", "vae_decode", "text_encoder"])
+def test_cancel_is_checked_before_every_block_not_only_between_steps(comfyui, where):
+    """Cancel pressed while a block runs stops the node before the next block (one step or one VAE chunk can
+    take minutes under sequential offload or block swap); the hooks are gone afterwards."""
+    import comfy.model_management as mm
+
+    model, text_encoder, vae, _ = _load("demo-inp")
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    transformer, autoencoder = model.model.diffusion_model, vae.model.component
+    if where == "transformer":
+        blocks = transformer.repeated_blocks()
+    elif where == "text_encoder":
+        blocks = text_encoder.model.component.repeated_blocks()
+    else:
+        part = autoencoder.encoder if where == "vae_encode" else autoencoder.decoder
+        blocks = [m for m in part.modules() if type(m).__name__ == "ResidualBlock"]
+    assert len(blocks) >= 2 or where == "text_encoder"  # its one layer runs twice: prompt, then negative
+    ran = []
+
+    def press_cancel(block, args, output):
+        ran.append(block)
+        mm.interrupt_current_processing(True)
+
+    handles = [block.register_forward_hook(press_cancel) for block in blocks]
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            if where == "text_encoder":
+                _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+            elif where == "vae_decode":
+                _run("EasyAnimateDecode", vae=vae, samples={"samples": torch.randn(1, 16, 2, 4, 6)}, tile_size=0)
+            else:
+                _run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, width=48,
+                     height=32, frames=5, steps=2, guidance=6.0, seed=1, denoise_strength=1.0, **EXACT,
+                     start_image=torch.rand(1, 32, 48, 3))
+    finally:
+        for handle in handles:
+            handle.remove()
+        mm.interrupt_current_processing(False)
+    assert len(ran) == 1  # the block that was running finished; the next one never started
+    for module in (transformer, autoencoder, text_encoder.model.component):
+        assert not any(m._forward_pre_hooks for m in module.modules())
