@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 MODEL_FOLDER = "EasyAnimate"
@@ -142,19 +140,17 @@ def cancel_points(module) -> Iterator[None]:
     """Cancel checked before every block of ``module`` (its ``repeated_blocks()``; for the VAE, every residual
     block), not only between steps: under sequential offload or block swap one step or one VAE chunk can take
     minutes. The hooks go when the block ends; compiled blocks run them outside their graphs."""
+    import torch  # not at pack load: ComfyUI imports the pack before it needs torch
+
     blocks = (module.repeated_blocks() if hasattr(module, "repeated_blocks")
               else [m for m in module.modules() if type(m).__name__ == "ResidualBlock"])
-    handles = [block.register_forward_pre_hook(_check_interrupt_hook) for block in blocks]
+    hook = torch.compiler.disable(lambda block, args: check_interrupt())
+    handles = [block.register_forward_pre_hook(hook) for block in blocks]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
-
-
-@torch.compiler.disable
-def _check_interrupt_hook(module, args) -> None:
-    check_interrupt()
 
 
 class Progress:

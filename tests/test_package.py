@@ -177,3 +177,14 @@ def test_a_plain_import_of_the_root_file_registers_nothing_and_does_not_fail():
         spec.loader.exec_module(module)
         """)
     assert report["node_count"] == 0
+
+
+def test_the_readme_names_every_node_by_its_display_name():
+    """The README's node table lists each node under the name ComfyUI shows, and no node it does not have."""
+    from conftest import load_pack
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Nodes (category EasyAnimate)", 1)[1].split("\n### ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| EasyAnimate")]
+    named = {name.strip() for row in rows for name in row.split(" / ")}
+    assert named == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS.values())
