@@ -57,6 +57,11 @@ def _split_known(kind: str, cls: type, raw: dict[str, Any], ignored: frozenset[s
     return known
 
 
+# The published transformer sizes: (blocks, MMDiT blocks with their own text-stream layers, width). Both are 3072
+# wide, so a layer of one fits the other: only the block counts tell them apart.
+PUBLISHED_SIZES: dict[str, tuple[int, int, int]] = {"12B": (48, 48, 3072), "7B": (36, 18, 3072)}
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """The MMDiT hyper-parameters. Field names are those of ``transformer/config.json``."""
@@ -96,7 +101,7 @@ class TransformerConfig:
 
     @property
     def size_name(self) -> str:
-        sizes = {(48, 48, 3072): "12B", (36, 18, 3072): "7B"}
+        sizes = {shape: name for name, shape in PUBLISHED_SIZES.items()}
         return sizes.get((self.num_layers, self.mmdit_layers, self.inner_dim), f"{self.num_layers}-layer")
 
     @property

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import finite_number
+from .config import PUBLISHED_SIZES
 from .loading import ModelFormatError, convert_transformer_key
 from .memory import execution_device
 from .safetensors_io import read_header, read_tensors
@@ -31,6 +33,11 @@ OFFICIAL_PREFIX = "lora_unet__"
 _PEFT_PREFIXES = ("transformer.", "diffusion_model.", "model.", "base_model.model.")
 _PEFT_SUFFIX = re.compile(r"^(.*)\.(lora_A|lora_B)(?:\.default)?\.weight$")
 _OFFICIAL_SUFFIX = re.compile(r"^(lora_unet_.*)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_BLOCK_INDEX = re.compile(r"transformer_blocks[._](\d+)[._]")
+_TEXT_STREAM = re.compile(r"transformer_blocks[._](\d+)[._](?:attn2|txt_ff)[._]")
+_BLOCK_LAYER = re.compile(r"transformer_blocks[._](\d+)[._](attn1|attn2|txt_ff|ff)[._](.+)$")
+_TEXT_PARTNER = {"attn1": "attn2", "ff": "txt_ff"}
+_VIDEO_PARTNER = {text: video for video, text in _TEXT_PARTNER.items()}
 _FAMILY_HINTS = (
     ("double_blocks", "Flux or HunyuanVideo"), ("single_blocks", "Flux or HunyuanVideo"),
     ("self_attn.q", "Wan"), ("input_blocks", "Stable Diffusion 1.x/2.x"), ("down_blocks", "SDXL (diffusers)"),
@@ -91,18 +98,25 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
     official = {OFFICIAL_PREFIX + name.replace(".", "_"): name for name in linears}
     entries = read_header(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    unmatched = []
+    unmatched, names = [], []
     for entry, tensor in read_tensors(entries, dtype=torch.float32):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelFormatError(f"{path}: tensor '{entry.name}' holds {bad} NaN or infinite values of "
+                                   f"{tensor.numel()}: the LoRA is damaged (often by a training run that diverged). "
+                                   f"Retrain it with a lower learning rate, or use an earlier checkpoint.")
         named = _module_name(entry.name)
         if named is None:
             unmatched.append(entry.name)
             continue
         name, part = named
         name = official.get(name, name)
+        names.append(name)
         if name not in linears:
             unmatched.append(entry.name)
             continue
         parts.setdefault(name, {})[part] = tensor
+    _check_blocks(path, names, transformer)
     if unmatched:
         raise ModelFormatError(
             f"{path}: {len(unmatched)} of {len(entries)} tensors fit no layer of this EasyAnimate transformer "
@@ -115,12 +129,21 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
             raise ModelFormatError(f"{path}: layer '{name}' has only {sorted(p)}; a LoRA layer needs both halves.")
         linear = modules[name]
         down, up = p["down"], p["up"]
-        if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features or up.shape[1] != down.shape[0]:
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            raise ModelFormatError(
+                f"{path}: layer '{name}' has a down matrix {tuple(down.shape)} and an up matrix {tuple(up.shape)}: "
+                f"their ranks do not match (down [rank, in], up [out, rank]). The halves come from different LoRAs "
+                f"or the file is damaged: export or download it again."
+            )
+        if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features:
             raise ModelFormatError(
                 f"{path}: layer '{name}' has down {tuple(down.shape)} and up {tuple(up.shape)}, but the layer is "
                 f"{linear.in_features} -> {linear.out_features}: the LoRA was trained for another model size "
                 f"(7B vs 12B, or another family)."
             )
+        if "alpha" in p and p["alpha"].numel() != 1:
+            raise ModelFormatError(f"{path}: layer '{name}' has an alpha of shape {tuple(p['alpha'].shape)}: "
+                                   f"expected one number.")
         alpha = float(p["alpha"]) if "alpha" in p else None
         layers[name] = LoraLayer(down=down, up=up, alpha=alpha)
     if not layers:
@@ -128,9 +151,79 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
     return LoraFile(path=path, layers=layers)
 
 
+def _published(position: int, count: int) -> str:
+    """The published sizes ("the 7B") whose shape in :data:`PUBLISHED_SIZES` has ``count`` at ``position``."""
+    return " and ".join(f"the {name}" for name, shape in PUBLISHED_SIZES.items() if shape[position] == count)
+
+
+def _published_like(count: int, text_count: int) -> str:
+    """The published sizes ("the 7B") with ``count`` blocks that have text-stream layers in ``text_count`` or more."""
+    return " and ".join(f"the {name}" for name, (blocks, mmdit, _) in PUBLISHED_SIZES.items()
+                        if blocks == count and text_count <= mmdit)
+
+
+def _also(position: int, count: int) -> str:
+    names = _published(position, count)
+    return f" ({names} {'has' if ' and ' not in names else 'have'} {count})" if names else ""
+
+
+def _mmdit_blocks(names: list[str]) -> int | None:
+    """How many MMDiT blocks the LoRA's model had, when its layers show it: some layer (``attn1.to_q``, say) has its
+    text-stream partner (``attn2.to_q``) in exactly blocks 0..m-1 and appears alone in a later block."""
+    video: dict[tuple[str, str], set[int]] = {}
+    text: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        match = _BLOCK_LAYER.search(name)
+        if match:
+            block, kind, rest = int(match.group(1)), match.group(2), match.group(3)
+            if kind in _TEXT_PARTNER:
+                video.setdefault((kind, rest), set()).add(block)
+            else:
+                text.setdefault((_VIDEO_PARTNER[kind], rest), set()).add(block)
+    for layer, with_text in text.items():
+        m = max(with_text) + 1
+        alone = video.get(layer, set())
+        if with_text == set(range(m)) and with_text <= alone and max(alone) >= m:
+            return m
+    return None
+
+
+def _check_blocks(path: Path, names: list[str], transformer: nn.Module) -> None:
+    """Refuse a LoRA made for a transformer with other blocks. The 7B and 12B are both 3072 wide, so every layer of
+    one fits the other: only the block indices, and which blocks have text-stream layers, tell them apart."""
+    config = getattr(transformer, "config", None)
+    blocks = {int(m.group(1)) for n in names if (m := _BLOCK_INDEX.search(n))}
+    text_blocks = {int(m.group(1)) for n in names if (m := _TEXT_STREAM.search(n))}
+    if config is None or not blocks:
+        return
+    count, text_count = max(blocks) + 1, max(text_blocks, default=-1) + 1
+    cause = None
+    if count > config.num_layers:
+        cause = (f"it has layers for blocks up to {count - 1}, so it was trained for a transformer of at least "
+                 f"{count} blocks{_also(0, count)}")
+    elif text_count > config.mmdit_layers:
+        cause = (f"it has text-stream layers (attn2, txt_ff) in block {text_count - 1}, and that block of this model "
+                 f"has none")
+    elif (mmdit := _mmdit_blocks(names)) is not None and mmdit < config.mmdit_layers:
+        cause = (f"it has text-stream layers (attn2, txt_ff) in blocks 0-{mmdit - 1} only, and the same video-stream "
+                 f"layers in later blocks without them: the layout of a transformer with {mmdit} MMDiT blocks"
+                 f"{_also(1, mmdit)}")
+    elif blocks == set(range(count)) and count < config.num_layers and (like := _published_like(count, text_count)):
+        cause = f"it covers blocks 0-{count - 1}, every block of {like} ({count} blocks)"
+    if cause:
+        raise ModelFormatError(
+            f"{path} was trained for another model size: {cause}. This model is the {config.variant_description} "
+            f"with {config.num_layers} blocks ({config.mmdit_layers} with text-stream layers). The 7B and 12B "
+            f"layers have the same width, so the LoRA would load but change the wrong blocks: pick a LoRA trained "
+            f"for the {config.size_name} model."
+        )
+
+
 @contextmanager
 def applied(transformer: nn.Module, loras: Sequence[tuple[LoraFile, float]]) -> Iterator[nn.Module]:
     """Add the LoRAs' low-rank branches for the duration of the block; nothing of the model is changed."""
+    for lora, strength in loras:
+        finite_number(f"strength of the LoRA {lora.path}", strength, hint="0 turns it off; 1 applies it as trained.")
     modules = dict(transformer.named_modules())
     # The device the layers compute on, not where their weights rest (meta or host under offload hooks).
     device = execution_device(transformer)

@@ -65,10 +65,12 @@ class EasyAnimateLoraLoaderFromPath:
 
 
 def _with_lora(model, path: Path, strength: float):
+    from ..easyanimate_core.checks import finite_number
     from ..easyanimate_core.lora import read_lora
     from ._native import add_lora, require_easyanimate
 
     require_easyanimate(model, "EasyAnimate LoRA Loader")
+    finite_number("LoRA strength", strength, hint="0 turns the LoRA off; 1 applies it as trained.")
     lora = read_lora(path, model.model.diffusion_model)  # checked whatever the strength
     return model.clone() if strength == 0 else add_lora(model, lora, strength)
 

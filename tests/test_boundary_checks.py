@@ -143,3 +143,125 @@ def test_the_memory_estimate_grows_with_the_video_and_the_trained_sizes_pass():
     assert 3.5 * small < large < 4.5 * small
     for width, height, frames in ((672, 384, 49), (1024, 1024, 49), (512, 512, 1)):
         check_workload(width, height, frames)
+
+
+# ---------------------------------------------------------------------------------------------------- LoRAs
+def _meta_transformer(num_layers, mmdit_layers, **fields):
+    from easyanimate_core.config import TransformerConfig
+    from easyanimate_core.transformer import EasyAnimateTransformer
+
+    with torch.device("meta"):
+        return EasyAnimateTransformer(TransformerConfig(num_layers=num_layers, mmdit_layers=mmdit_layers, **fields))
+
+
+@pytest.fixture(scope="module")
+def published():
+    """The 7B and 12B transformers, built on the meta device (no memory): the LoRA checks only read their layout."""
+    return {"7B": _meta_transformer(36, 18), "12B": _meta_transformer(48, 48)}
+
+
+def _lora_for(model, path, pattern, rank=1):
+    """A LoRA file (official format) for the linears of ``model`` whose names match ``pattern``."""
+    import re
+
+    from easyanimate_core.lora import LoraLayer, save_lora
+
+    gen = torch.Generator().manual_seed(0)
+    layers = {name: LoraLayer(torch.randn(rank, m.in_features, generator=gen) * 0.01,
+                              torch.randn(m.out_features, rank, generator=gen) * 0.01, float(rank))
+              for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, name)}
+    assert layers
+    return save_lora(path, layers)
+
+
+@pytest.mark.parametrize("trained, target, pattern, message", [
+    ("7B", "12B", r"transformer_blocks\.\d+\.attn[12]\.to_q",
+     r"text-stream layers \(attn2, txt_ff\) in blocks 0-17 only.*18 MMDiT blocks \(the 7B has 18\).*"
+     r"12B .* 48 blocks .*pick a LoRA trained for the 12B model"),
+    ("7B", "12B", r"transformer_blocks\.\d+\.attn1\.to_q",
+     r"covers blocks 0-35, every block of the 7B \(36 blocks\).*pick a LoRA trained for the 12B model"),
+    ("12B", "7B", r"transformer_blocks\.\d+\.attn1\.to_q",
+     r"layers for blocks up to 47.*at least 48 blocks \(the 12B has 48\).*pick a LoRA trained for the 7B model"),
+    ("12B", "7B", r"transformer_blocks\.(\d|[12]\d|3[0-5])\.attn2\.to_k",
+     r"text-stream layers \(attn2, txt_ff\) in block 35.*pick a LoRA trained for the 7B model"),
+])
+def test_a_lora_of_the_other_published_size_is_recognised_by_its_blocks(tmp_path, published, trained, target,
+                                                                         pattern, message):
+    from easyanimate_core.loading import ModelFormatError
+    from easyanimate_core.lora import read_lora
+
+    path = _lora_for(published[trained], tmp_path / f"{trained}.safetensors", pattern)
+    with pytest.raises(ModelFormatError, match=message):
+        read_lora(path, published[target])
+    assert read_lora(path, published[trained]).layers  # and it fits the model it was trained for
+
+
+@pytest.mark.parametrize("pattern", [r"transformer_blocks\.[0-9]\.attn1\.to_q",  # blocks 0-9 of the 12B only
+                                     r"transformer_blocks\.\d+\.attn1\.to_(q|k)", r"proj_out"])
+def test_loras_that_fit_are_not_refused(tmp_path, published, pattern):
+    from easyanimate_core.lora import read_lora
+
+    path = _lora_for(published["12B"], tmp_path / "fits.safetensors", pattern)
+    assert read_lora(path, published["12B"]).layers
+
+
+def test_the_block_rule_holds_for_any_depth_not_only_the_published_ones(tmp_path):
+    from easyanimate_core.loading import ModelFormatError
+    from easyanimate_core.lora import read_lora
+
+    tiny = dict(num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, text_embed_dim=32)
+    shallow, deep = _meta_transformer(4, 2, **tiny), _meta_transformer(4, 4, **tiny)
+    path = _lora_for(shallow, tmp_path / "shallow.safetensors", r".*attn[12]\.to_v")
+    with pytest.raises(ModelFormatError, match="blocks 0-1 only.*2 MMDiT blocks"):
+        read_lora(path, deep)
+    path = _lora_for(deep, tmp_path / "deep.safetensors", r".*attn2\.to_v")
+    with pytest.raises(ModelFormatError, match="text-stream layers .* in block 3"):
+        read_lora(path, shallow)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("part", ["lora_down.weight", "lora_up.weight", "alpha"])
+def test_a_lora_whose_tensors_are_not_finite_is_refused(tmp_path, published, bad, part):
+    from safetensors.torch import load_file, save_file
+
+    from easyanimate_core.loading import ModelFormatError
+    from easyanimate_core.lora import read_lora
+
+    path = _lora_for(published["12B"], tmp_path / "bad.safetensors", r"transformer_blocks\.3\.ff\.net\.2")
+    state = load_file(path)
+    key = f"lora_unet__transformer_blocks_3_ff_net_2.{part}"
+    state[key] = state[key].clone().reshape(-1)
+    state[key][0] = bad
+    state[key] = state[key].reshape(load_file(path)[key].shape)
+    save_file(state, path)
+    with pytest.raises(ModelFormatError, match=f"tensor '{key}' holds 1 NaN or infinite values.*damaged"):
+        read_lora(path, published["12B"])
+
+
+@pytest.mark.parametrize("down_rank, up_rank", [(4, 3), (1, 8), (16, 4)])
+def test_a_rank_mismatch_between_down_and_up_names_itself(tmp_path, published, down_rank, up_rank):
+    from safetensors.torch import save_file
+
+    from easyanimate_core.loading import ModelFormatError
+    from easyanimate_core.lora import read_lora
+
+    stem = "lora_unet__transformer_blocks_0_attn1_to_q"
+    save_file({f"{stem}.lora_down.weight": torch.zeros(down_rank, 3072),
+               f"{stem}.lora_up.weight": torch.zeros(3072, up_rank)}, tmp_path / "ranks.safetensors")
+    with pytest.raises(ModelFormatError, match=rf"down matrix \({down_rank}, 3072\) and an up matrix "
+                                               rf"\(3072, {up_rank}\): their ranks do not match"):
+        read_lora(tmp_path / "ranks.safetensors", published["12B"])
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), float("-inf"), "1.0", True])
+def test_a_lora_strength_that_is_no_finite_number_is_refused_before_any_hook(tmp_path, strength):
+    from easyanimate_core.demo import demo_transformer_config
+    from easyanimate_core.lora import applied, read_lora
+    from easyanimate_core.transformer import EasyAnimateTransformer
+
+    model = EasyAnimateTransformer(demo_transformer_config("t2v"))
+    lora = read_lora(_lora_for(model, tmp_path / "s.safetensors", r".*attn1\.to_q"), model)
+    with pytest.raises(ValueError, match="strength of the LoRA .*s.safetensors = "):
+        with applied(model, [(lora, 1.0), (lora, strength)]):
+            pass
+    assert all(not m._forward_hooks for m in model.modules())

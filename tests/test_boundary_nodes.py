@@ -70,3 +70,56 @@ def test_the_conditioning_node_refuses_them_too(comfyui, loaded, changes, messag
     with pytest.raises(ValueError, match=message):
         _run("EasyAnimateConditioning", **inputs)
     assert comfyui["freed"] == []
+
+
+def _demo_lora(path, model, pattern=r".*attn1\.to_q", blocks=None):
+    """A LoRA (official format) for the demo transformer's linears matching ``pattern``; ``blocks`` renumbers
+    them as if the model had more blocks."""
+    import re
+
+    import torch
+
+    from easyanimate_core.lora import LoraLayer, save_lora
+
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, name):
+            layers[name] = LoraLayer(torch.full((2, m.in_features), 0.01), torch.full((m.out_features, 2), 0.01), 2.0)
+    if blocks is not None:
+        first = next(iter(layers.values()))
+        layers = {f"transformer_blocks.{i}.attn1.to_q": LoraLayer(first.down.clone(), first.up.clone(), first.alpha)
+                  for i in range(blocks)}
+    return save_lora(path, layers)
+
+
+@pytest.mark.parametrize("strength", [math.nan, math.inf, -math.inf])
+def test_the_lora_loader_refuses_a_strength_that_is_no_finite_number(comfyui, loaded, tmp_path, strength):
+    path = _demo_lora(tmp_path / "style.safetensors", loaded["model"].model.diffusion_model)
+    with pytest.raises(ValueError, match=f"LoRA strength = {strength}"):
+        _run("EasyAnimateLoraLoaderFromPath", model=loaded["model"], lora_path=str(path), strength=strength)
+
+
+def test_the_lora_loader_refuses_damaged_and_mismatched_files_by_cause(comfyui, loaded, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    transformer = loaded["model"].model.diffusion_model
+    path = _demo_lora(tmp_path / "nan.safetensors", transformer)
+    state = load_file(path)
+    key = next(k for k in state if k.endswith("lora_up.weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, path)
+    with pytest.raises(ValueError, match=f"tensor '{key}' holds .* NaN or infinite values"):
+        _run("EasyAnimateLoraLoaderFromPath", model=loaded["model"], lora_path=str(path), strength=1.0)
+
+    deeper = _demo_lora(tmp_path / "deeper.safetensors", transformer, blocks=3)
+    with pytest.raises(ValueError, match="layers for blocks up to 2.*at least 3 blocks.*with 2 blocks"):
+        _run("EasyAnimateLoraLoaderFromPath", model=loaded["model"], lora_path=str(deeper), strength=1.0)
+
+    stem = "lora_unet__transformer_blocks_0_attn1_to_q"
+    width = transformer.config.inner_dim
+    save_file({f"{stem}.lora_down.weight": torch.zeros(4, width), f"{stem}.lora_up.weight": torch.zeros(width, 2)},
+              tmp_path / "ranks.safetensors")
+    with pytest.raises(ValueError, match="their ranks do not match"):
+        _run("EasyAnimateLoraLoaderFromPath", model=loaded["model"], lora_path=str(tmp_path / "ranks.safetensors"),
+             strength=1.0)
