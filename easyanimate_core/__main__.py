@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic_files import remove_stale
 from .attention_backends import ATTENTION_BACKENDS
 from .conditioning import VARIANTS_FOR_MODE, require_variant
 from .config import TransformerConfig
@@ -27,6 +28,7 @@ from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
 from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
+from .video import check_fps
 
 logger = logging.getLogger("easyanimate_core")
 
@@ -34,6 +36,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # The demo variant that can run each mode.
 _DEMO_FOR_MODE = {"t2v": "t2v", "v2v": "t2v", "i2v": "inp", "control": "control", "trajectory": "control",
                   "camera": "camera"}
+
+
+def _fps(text: str) -> float:
+    try:
+        return check_fps(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of frames per second above 0 "
+                                         f"(the models were trained at 8)") from None
 
 
 def _block_count(text: str) -> int | None:
@@ -100,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "(e.g. 'Pan Up+Pan Left')")
     gen.add_argument("--camera-file", type=Path, help="camera control: a CameraCtrl/RealEstate10K pose file")
     gen.add_argument("--camera-speed", type=float, default=1.0)
-    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--fps", type=_fps, default=8, help="frames per second of the mp4")
     gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory); "
                                                    "default: whole frames when they fit in free memory, otherwise "
                                                    "the largest tiles that fit")
@@ -233,6 +243,7 @@ def generate(args: argparse.Namespace) -> int:
 
     request = _request(args)
     args.output = args.output.with_suffix(".mp4")
+    remove_stale(args.output.parent)  # what a killed run left half-written there
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model_dir = _model_for(request.mode, args.model)
@@ -321,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemoryPlan as exc:  # where, what, and what to change: no traceback
         logger.error("%s", exc)
         return 3
+    except OSError as exc:  # an output that could not be written whole: the path and the reason
+        logger.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

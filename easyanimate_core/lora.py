@@ -27,7 +27,7 @@ from .checks import finite_number
 from .config import PUBLISHED_SIZES
 from .loading import ModelFormatError, convert_transformer_key
 from .memory import execution_device
-from .safetensors_io import read_header, read_tensors
+from .safetensors_io import read_header, read_tensors, write_safetensors
 
 OFFICIAL_PREFIX = "lora_unet__"
 _PEFT_PREFIXES = ("transformer.", "diffusion_model.", "model.", "base_model.model.")
@@ -258,18 +258,11 @@ def _branch(down: torch.Tensor, up: torch.Tensor):
 
 
 def save_lora(path: str | Path, layers: dict[str, LoraLayer], metadata: dict[str, str] | None = None) -> Path:
-    """Write layers in the official EasyAnimate format (atomically: a temporary file, then a rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write layers in the official EasyAnimate format, whole or not at all (``safetensors_io.write_safetensors``)."""
     state = {}
     for name, layer in layers.items():
         key = OFFICIAL_PREFIX + name.replace(".", "_")
         state[f"{key}.lora_down.weight"] = layer.down.contiguous()
         state[f"{key}.lora_up.weight"] = layer.up.contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(layer.alpha if layer.alpha is not None else layer.down.shape[0]))
-    tmp = path.with_name(path.name + ".partial")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_safetensors(path, state, metadata=metadata)

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import torch
 
+from .atomic_files import write_file
+
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -120,3 +122,23 @@ def read_tensors(
     finally:
         for f in handles.values():
             f.close()
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                      ) -> Path:
+    """``tensors`` to a safetensors file, written whole or not at all (``atomic_files``): its header must read back
+    against the file size, with every tensor name, before the file takes its name."""
+    from safetensors.torch import save_file
+
+    def check(tmp: Path) -> None:
+        try:
+            names = {entry.name for entry in read_header(tmp)}
+        except CorruptWeightsError as exc:
+            raise OSError("the written file reads back as a truncated or corrupt safetensors file") from exc
+        if names != set(tensors):
+            raise OSError(f"the written file reads back with {len(names)} tensors, not {len(tensors)}")
+
+    def write(tmp: Path) -> None:
+        save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp), metadata=metadata)
+
+    return write_file(path, write, check)

@@ -7,16 +7,20 @@ otherwise say which values would work.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic_files import write_file
 from .resize import DEFAULT_RESIZE, check_resize, resize_frames
 
 SIZE_MULTIPLE = 16
 LATENT_CHANNELS = 16
+_FFMPEG_PREFIX = re.compile(r"\[[^\]]*@ 0x[0-9a-f]+\]\s*")  # "[libx264 @ 0x55ba45f76300] "
 
 
 def check_frames(frames: int, *, allow_round: bool = False) -> int:
@@ -114,28 +118,94 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def write_png(path: str | Path, frame: torch.Tensor) -> Path:
-    """One IMAGE frame ``[H, W, 3]`` -> PNG."""
+    """One IMAGE frame ``[H, W, 3]`` -> PNG, written whole or not at all (``atomic_files``): it must read back at its
+    size before it takes the name."""
     import cv2
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), _to_uint8(frame)[..., ::-1]):
-        raise OSError(f"Cannot write {path}.")
-    return path
+    data = _to_uint8(frame)[..., ::-1]
+    encoded, buffer = cv2.imencode(".png", data)
+    if not encoded:
+        raise OSError(f"Cannot write {path}: OpenCV could not encode a {data.shape[1]}x{data.shape[0]} PNG.")
+
+    def check(tmp: Path) -> None:
+        image = cv2.imread(str(tmp), cv2.IMREAD_COLOR)
+        if image is None or image.shape != data.shape:
+            found = "nothing readable" if image is None else f"a {image.shape[1]}x{image.shape[0]} image"
+            raise OSError(f"the written PNG reads back as {found}, not {data.shape[1]}x{data.shape[0]}")
+
+    return write_file(path, lambda tmp: tmp.write_bytes(buffer.tobytes()), check)
 
 
-def write_mp4(path: str | Path, frames: torch.Tensor, fps: int = 8) -> Path:
-    """IMAGE ``[F, H, W, 3]`` -> H.264 mp4 (yuv420p, playable everywhere)."""
+def check_fps(fps: float) -> float:
+    """Frames per second of a written video: a finite number above 0."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps = {fps!r}: expected a finite number of frames per second above 0 (the models were "
+                         f"trained at 8).")
+    return fps
+
+
+def write_mp4(path: str | Path, frames: torch.Tensor, fps: float = 8) -> Path:
+    """IMAGE ``[F, H, W, 3]`` -> H.264 mp4 (yuv420p, playable everywhere), written whole or not at all
+    (``atomic_files``): ffmpeg must exit 0 and the file must decode to every frame at the size written."""
+    fps = check_fps(fps)
+    data = _to_uint8(frames)
+    count, height, width = data.shape[:3]
+
+    def check(tmp: Path) -> None:
+        decoded = _decoded_frames(tmp)
+        if decoded != (count, width, height):
+            raise OSError(f"the written video decodes to {decoded[0]} frames of {decoded[1]}x{decoded[2]}, not "
+                          f"{count} of {width}x{height}")
+
+    return write_file(path, lambda tmp: _encode_h264(tmp, data, fps), check)
+
+
+def _encode_h264(path: Path, data: np.ndarray, fps: float) -> None:
+    """Run ffmpeg on raw RGB frames ``[F, H, W, 3]`` uint8; raises OSError with its status and last messages."""
+    import contextlib
+    import signal
+    import subprocess
+    import tempfile
+    from fractions import Fraction
+
     import imageio_ffmpeg
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = _to_uint8(frames)
     height, width = data.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, macro_block_size=1,
-                                         output_params=["-crf", "18"])
-    writer.send(None)
-    for frame in data:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-f", "mp4", str(path)]
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: ffmpeg can never block on its own messages
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            for frame in data:
+                process.stdin.write(np.ascontiguousarray(frame).data)
+        except OSError:
+            pass  # ffmpeg ended early (a broken pipe): its status and messages below say why
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+            status = process.wait()
+        if status != 0:
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            lines = [_FFMPEG_PREFIX.sub("", line).strip() for line in text.splitlines()]
+            messages = "; ".join([line for line in lines if line][:2])  # the first says why; the rest follow from it
+            ended = f"status {status}" if status > 0 else f"signal {-status}: {signal.strsignal(-status)}"
+            raise OSError(f"ffmpeg ended with {ended}" + (f" ({messages})" if messages else ""))
+
+
+def _decoded_frames(path: Path) -> tuple[int, int, int]:
+    """(frames, width, height) of a video, every frame decoded."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        width, height = next(reader)["size"]
+        return sum(1 for _ in reader), width, height
+    except (RuntimeError, OSError, StopIteration) as exc:
+        raise OSError(f"the written video does not decode ({exc})") from exc
+    finally:
+        reader.close()

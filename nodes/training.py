@@ -165,18 +165,10 @@ class EasyAnimateTrainLoRA:
         if model not in folders:
             raise FileNotFoundError(f"Model folder '{model}' not found in models/EasyAnimate. Put a T2V or InP "
                                     f"model folder there and refresh the page.")
-        if not re.fullmatch(r"[\w.-]+", name):
-            raise ValueError(f"name = {name!r}: use letters, digits, '-', '_' and '.' only (it becomes a folder "
-                             f"and a file name).")
-        base = _comfy.output_directory().resolve()
-        runs = (base / output_dir.strip()).resolve()
-        if not runs.is_relative_to(base):
-            raise ValueError(f"output_dir = {output_dir!r} leaves ComfyUI's output folder ({base}): use a folder "
-                             f"inside it, such as EasyAnimate/lora_training.")
+        runs, run = run_folders(output_dir, name)
         # "--flag=value" so that a value starting with "--" is never read as an option.
         command = [sys.executable, "-c", _BOOTSTRAP, str(PACK_ROOT), "train-lora", f"--data={dataset.data}",
-                   f"--model={folders[model]}", f"--output={runs / name}", f"--name={name}",
-                   f"--cache-dir={runs / 'cache'}"]
+                   f"--model={folders[model]}", f"--output={run}", f"--name={name}", f"--cache-dir={runs / 'cache'}"]
         if dataset.data_root:
             command.append(f"--data-root={dataset.data_root}")
         if dataset.default_caption:
@@ -196,6 +188,22 @@ class EasyAnimateTrainLoRA:
         _comfy.make_room(2 * weights)  # the trainer is another process: free what ComfyUI holds on the GPU
         path, tail = run_trainer(command, steps)
         return str(path), tail
+
+
+def run_folders(output_dir: str, name: str) -> tuple[Path, Path]:
+    """(the folder of the runs, this run's folder), resolved; the trainer writes in both and deletes half-written
+    entries in the run's folder, so it must lie strictly inside ComfyUI's output folder."""
+    if not re.fullmatch(r"[\w.-]+", name) or not name.strip("."):
+        raise ValueError(f"name = {name!r}: use letters, digits, '-', '_' and '.' only, with at least one letter or "
+                         f"digit (it becomes a folder and a file name).")
+    base = _comfy.output_directory().resolve()
+    runs = (base / output_dir.strip()).resolve()
+    run = (runs / name).resolve()
+    if not runs.is_relative_to(base) or run == base or not run.is_relative_to(base):
+        raise ValueError(f"output_dir = {output_dir!r} and name = {name!r} give the run folder {run}, which leaves "
+                         f"ComfyUI's output folder ({base}): use a relative output_dir inside it, such as "
+                         f"EasyAnimate/lora_training, and a plain run name.")
+    return runs, run
 
 
 def run_trainer(command: list[str], total_steps: int) -> tuple[Path, str]:

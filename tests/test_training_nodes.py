@@ -3,7 +3,10 @@ progress bar, Cancel stopping it, and the trained LoRA loaded by path."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import load_pack
@@ -116,3 +119,37 @@ def test_an_output_dir_outside_comfyui_output_is_refused(comfy, metadata):
     for escape in ("../elsewhere", "/etc/easyanimate"):
         with pytest.raises(ValueError, match="leaves ComfyUI's output folder"):
             _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v", **dict(TRAIN_INPUTS, output_dir=escape))
+
+
+@pytest.mark.parametrize(("output_dir", "name", "refused"), [
+    ("", "..", "name = '..'"), ("", ".", "name = '.'"), ("", "...", "name = '...'"), ("", "", "name = ''"),
+    ("", "a/../..", "name = 'a/../..'"), ("", "/tmp/evil", "name = '/tmp/evil'"), ("sub", "..", "name = '..'"),
+    ("..", "run", "leaves ComfyUI's output folder"), ("/tmp", "run", "leaves ComfyUI's output folder"),
+    ("a/../..", "run", "leaves ComfyUI's output folder"), ("EasyAnimate/../../x", "run", "leaves ComfyUI's output"),
+    ("escape", "run", "leaves ComfyUI's output folder"),  # a link inside output/ to a folder outside
+])
+def test_the_run_folder_must_lie_inside_the_output_folder(comfy, runs, tmp_path, monkeypatch, output_dir, name,
+                                                          refused):
+    base = runs.parent  # ComfyUI's output folder here
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    dataset = pack.nodes.training.TrainingDataset(data=str(tmp_path / "metadata.json"), data_root="",
+                                                  default_caption="", summary="")
+    with tempfile.TemporaryDirectory() as outside:  # /tmp/..., not inside the output folder
+        (base / "escape").symlink_to(outside, target_is_directory=True)
+        before = sorted(p.name for p in base.parent.iterdir())
+        try:
+            with pytest.raises(ValueError, match=re.escape(refused)):
+                _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v",
+                     **dict(TRAIN_INPUTS, output_dir=output_dir, name=name))
+            assert started == [] and list(Path(outside).iterdir()) == []
+            assert sorted(p.name for p in base.parent.iterdir()) == before
+        finally:
+            (base / "escape").unlink()
+
+
+def test_plain_run_names_resolve_inside_the_output_folder(comfy, runs):
+    base = runs.parent.resolve()
+    for output_dir, name, run in (("", "my_lora", "my_lora"), (" EasyAnimate/lora ", "v1.2", "EasyAnimate/lora/v1.2"),
+                                  ("a/../b", ".hidden", "b/.hidden")):
+        assert pack.nodes.training.run_folders(output_dir, name)[1] == base / run

@@ -5,7 +5,8 @@ as the reference does) and, for InP models and videos, the inpaint channels with
 becomes its Qwen2-VL hidden states. Cache files are named by a hash of everything that changes their content (the
 file's path, size and modification time, the bucket, the frame window, the encoder's weight files), so several
 runs and datasets can share one cache folder, and a changed file or model is encoded again. Files are written to
-a temporary name and renamed, so an interrupted run never leaves a broken entry.
+a temporary name, checked and renamed (``atomic_files``), so an interrupted run never leaves a broken entry; what a
+killed run left half-written is removed when the next run prepares the cache.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..atomic_files import remove_stale
 from ..conditioning import inpaint_conditioning
+from ..safetensors_io import write_safetensors
 from ..text_encoder import QwenTextEncoder
 from ..vae import MagvitVAE
 from .buckets import Bucket
@@ -88,6 +90,7 @@ class DiskCache:
     """``folder/latents/<key>.safetensors`` and ``folder/text/<key>.safetensors``."""
 
     folder: Path
+    KINDS = ("latents", "text")
 
     def _path(self, kind: str, key: str) -> Path:
         return self.folder / kind / f"{key}.safetensors"
@@ -106,16 +109,11 @@ class DiskCache:
                              f"{self.folder}) and run again.") from exc
 
     def save(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        write_safetensors(self._path(kind, key), tensors)
 
-        path = self._path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-        try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def remove_stale(self) -> list[Path]:
+        """Delete the temporary files of killed runs (never those of a run still encoding into this cache)."""
+        return [path for kind in self.KINDS for path in remove_stale(self.folder / kind)]
 
 
 def assemble_batch(

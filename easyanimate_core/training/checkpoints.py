@@ -1,7 +1,8 @@
 """Training checkpoints under ``<output>/checkpoints/checkpoint-<step>``, written atomically.
 
-A checkpoint is first written to ``checkpoint-<step>.partial`` and renamed when complete, so a killed run leaves
-either a whole checkpoint or none; leftovers of a killed write are removed when the next run starts. It holds the
+A checkpoint is first written to ``checkpoint-<step>.partial`` (every process writes its part there) and renamed
+when complete (``atomic_files``, the pack's one mechanism for whole-or-nothing files), so a killed run leaves either
+a whole checkpoint or none; leftovers of a killed write are removed when the next run starts. It holds the
 accelerate state (optimizer, learning-rate schedule, grad scaler, random number generators of every process), the
 LoRA weights in full precision (``lora.safetensors``, the official format: a checkpoint is also a usable LoRA) and
 ``trainer_state.json`` (the step and the options that shape the loss curve, checked on resume).
@@ -10,18 +11,18 @@ LoRA weights in full precision (``lora.safetensors``, the official format: a che
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from .. import atomic_files
 
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 LORA_FILE = "lora.safetensors"
+VALIDATION_FOLDER = "validation"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def checkpoint_path(output: Path, step: int) -> Path:
 
 
 def partial_path(final: Path) -> Path:
-    return final.with_name(final.name + ".partial")
+    return atomic_files.partial_path(final, shared=True)
 
 
 def complete_checkpoints(output: Path) -> list[Checkpoint]:
@@ -73,16 +74,12 @@ def latest_checkpoint(output: Path) -> Checkpoint | None:
 
 
 def remove_partials(output: Path) -> None:
-    """Delete what a killed run left half-written (checkpoint folders and files ending in .partial)."""
-    for root in (output, checkpoint_root(output)):
-        if not root.is_dir():
-            continue
-        for path in root.glob("*.partial"):
-            logger.info("Removing %s, left by an interrupted run", path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    """Delete what a killed run left half-written: checkpoint folders (called by the main process before the others
+    write), and the LoRA, reports and validation videos of ended processes (the output folder may be any folder the
+    user chose: other ``*.partial`` files there are not ours)."""
+    atomic_files.remove_stale(checkpoint_root(output), shared=True)
+    for root in (output, output / VALIDATION_FOLDER):
+        atomic_files.remove_stale(root)
 
 
 def begin(final: Path) -> Path:
@@ -95,12 +92,13 @@ def begin(final: Path) -> Path:
 
 
 def commit(final: Path, state: dict) -> Checkpoint:
-    """Write the state file into the temporary folder and rename it to ``final`` (the atomic step)."""
+    """Write the state file into the temporary folder, check that the LoRA is there, and rename the folder to
+    ``final`` (the atomic step)."""
     tmp = partial_path(final)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-    if final.exists():  # the same step saved again after a resume
-        shutil.rmtree(final)
-    tmp.rename(final)
+    if not (tmp / LORA_FILE).is_file():
+        raise OSError(f"Cannot write the checkpoint {final}: its {LORA_FILE} is missing from {tmp}.")
+    atomic_files.write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
+    atomic_files.replace_folder(tmp, final)
     return Checkpoint(state["step"], final)
 
 

@@ -100,6 +100,8 @@ def prepare_data(config: TrainingConfig, accelerator, model_dir: Path, entries, 
                         f"{component_id(resolve_component(model_dir, 'vae'))}-{precision}",
                         f"{component_id(encoder_dir)}{component_id(tokenizer_dir)}-{precision}")
     prompts = ["", *config.validation_prompts] + ([DEFAULT_NEGATIVE_PROMPT] if config.validation_prompts else [])
+    if data.cache is not None and accelerator.is_main_process:
+        data.cache.remove_stale()
     if not config.cache:
         data.encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
         data.prompts = dict(zip(prompts, encode_texts(data.encoder, prompts)))

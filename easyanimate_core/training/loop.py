@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_files import write_text
 from ..config import TransformerConfig, read_config_json
 from ..loading import load_scheduler, load_transformer, resolve_component
 from ..lora import read_lora, save_lora
@@ -88,7 +89,7 @@ def _validate(config: TrainingConfig, data: TrainingData, transformer, scheduler
     from ..video import write_mp4, write_png
 
     width, height, frames = config.validation_size
-    folder = config.output / "validation"
+    folder = config.output / checkpoints.VALIDATION_FOLDER
     vae = data.vae.to(device)
     try:
         for i, prompt in enumerate(config.validation_prompts):
@@ -125,7 +126,7 @@ def _resume_point(config: TrainingConfig) -> checkpoints.Checkpoint | None:
 
 
 def _write_losses(path: Path, rows: list[str]) -> None:
-    path.write_text("step,loss,lr\n" + "".join(rows), encoding="utf-8")
+    write_text(path, "step,loss,lr\n" + "".join(rows))
 
 
 def _kept_loss_rows(path: Path, last_step: int) -> list[str]:
@@ -161,7 +162,7 @@ def train(config: TrainingConfig, *, on_step: Callable[[StepReport], None] | Non
     entries, report = load_dataset(config.data, config.data_root, config.default_caption)
     buckets = [bucket_for(e, config.buckets) for e in entries]
     if main:
-        (config.output / "dataset_report.json").write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+        write_text(config.output / "dataset_report.json", json.dumps(report.to_json(), indent=2))
         counts: dict[str, int] = {}
         for b in buckets:
             counts[str(b)] = counts.get(str(b), 0) + 1
