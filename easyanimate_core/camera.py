@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .atomic_files import write_text
+
 logger = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "camera_presets"
@@ -424,9 +426,7 @@ def write_pose_file(path: str | Path, camera_path: CameraPath,
     lines = [first_line]
     for stamp, intr, pose in zip(camera_path.timestamps, camera_path.intrinsics, camera_path.poses):
         lines.append(" ".join(repr(v) for v in (stamp, *intr, 0.0, 0.0, *pose)))
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def plucker_embedding(path: CameraPath, width: int, height: int, source_aspect: float = SOURCE_ASPECT,
