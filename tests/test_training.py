@@ -486,8 +486,9 @@ def test_the_cache_is_reused_and_every_option_path_runs(trained, metadata, demo,
 
 def test_control_models_and_bad_options_are_refused_with_a_reason(metadata, demo, workdir):
     control = write_demo_model(workdir / "demo-control", variant="control", seed=0)
-    with pytest.raises(ValueError, match="Control.*Train on the T2V or InP model"):
+    with pytest.raises(ValueError, match="Control.*Train on the T2V or InP model") as refused:
         train(_config(metadata, control, workdir / "control"))
+    assert "12B" not in str(refused.value) and "V5.1 2-layer Control" in str(refused.value)  # its real size
     with pytest.raises(ValueError, match="fp8 base weights compute in bf16"):
         train(_config(metadata, demo, workdir / "fp8", fp8_base=True))
     with pytest.raises(ValueError, match="frames = 6"):

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ..atomic_files import write_text
-from ..config import TransformerConfig, read_config_json
-from ..loading import load_scheduler, load_transformer, resolve_component
+from ..config import TransformerConfig
+from ..loading import inspect_transformer, load_scheduler, load_transformer
 from ..lora import read_lora, save_lora
 from . import checkpoints
 from .buckets import BatchSchedule, bucket_for, seeded_generator
@@ -75,8 +75,7 @@ def _model_folder(config: TrainingConfig, accelerator) -> Path:
 
 
 def _variant(model_dir: Path) -> TransformerConfig:
-    raw = read_config_json(resolve_component(model_dir, "transformer") / "config.json")
-    variant = TransformerConfig(in_channels=raw.get("in_channels", 16))
+    variant = inspect_transformer(model_dir)  # variant and size, as the loader node and the CLI see them
     if variant.variant not in ("t2v", "inp"):
         raise ValueError(f"{model_dir} is a {variant.variant_description}: LoRA training needs control videos that "
                          f"this trainer does not read. Train on the T2V or InP model of the same size; the LoRA "
@@ -147,7 +146,9 @@ def train(config: TrainingConfig, *, on_step: Callable[[StepReport], None] | Non
 
     config = config.checked()
     # The last block's text-stream layers feed nothing, so their branches get no gradient: DDP must allow that.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+    # cpu: without it accelerate ignores torchrun's ranks on a machine without CUDA, and every process would train
+    # the whole run alone into the same files; with it several CPU processes train together over gloo.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation,
                               step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
