@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--trajectory", help="trajectory control: a JSON file or string in any supported format")
     gen.add_argument("--camera", help="camera control: preset name(s), several joined by '+' move at once "
                                       "(e.g. 'Pan Up+Pan Left')")
-    gen.add_argument("--camera-file", type=Path, help="camera control: a CameraCtrl/RealEstate10K pose file")
+    gen.add_argument("--camera-file", help="camera control: a CameraCtrl/RealEstate10K pose file")
     gen.add_argument("--camera-speed", type=float, default=1.0)
     gen.add_argument("--fps", type=_fps, default=8, help="frames per second of the mp4")
     gen.add_argument("--tile-size", type=int, help="decode in spatial tiles of this many pixels (saves memory); "
@@ -135,15 +135,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _camera_path(args: argparse.Namespace):
-    from .camera import combine, read_pose_file, resample
+    from .camera import combine, read_pose_file, resample, split_combination
 
-    if args.camera and args.camera_file:
-        raise SystemExit("give either --camera or --camera-file, not both")
-    if args.camera_file:
+    if args.camera is not None and args.camera_file is not None:
+        raise ValueError("give either --camera or --camera-file, not both")
+    if args.camera_file is not None:
         return resample(read_pose_file(args.camera_file), args.frames)
-    if args.camera:
-        names = [n.strip() for n in args.camera.split("+") if n.strip()]
-        return combine(*names, frames=args.frames, speed=args.camera_speed)
+    if args.camera is not None:
+        return combine(*split_combination(args.camera), frames=args.frames, speed=args.camera_speed)
     return None
 
 

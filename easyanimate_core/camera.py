@@ -259,6 +259,29 @@ def _to_4x4(w2c: torch.Tensor) -> torch.Tensor:
     return torch.cat([w2c, bottom], dim=1)
 
 
+def split_combination(text: str) -> list[str]:
+    """``"Pan Up+Pan Left"`` -> the preset names; an empty string, or an empty name between '+' signs, is refused."""
+    names = [name.strip() for name in text.split("+")]
+    if not any(names):
+        raise ValueError(f"camera combination {text!r} names no preset: give one or more preset names joined by "
+                         f"'+', e.g. 'Pan Up+Pan Left' (presets: {', '.join(preset_names())}).")
+    if not all(names):
+        raise ValueError(f"camera combination {text!r} has an empty name between '+' signs: join preset names "
+                         f"with single '+' signs, e.g. 'Pan Up+Pan Left'.")
+    return names
+
+
+def fit_to_frames(path: CameraPath, frames: int) -> CameraPath:
+    """``path`` with ``frames`` poses: resampled over the whole motion (never cut) when its length differs, said in
+    the log."""
+    if len(path) != frames:
+        logger.warning("The camera path has %d poses and the video %d frames: resampled to %d, so the whole motion "
+                       "plays over the video. Give the camera node %d frames to avoid this.", len(path), frames,
+                       frames, frames)
+        path = resample(path, frames)
+    return path
+
+
 def combine(*items: str | CameraPath, frames: int | None = None, speed: float = 1.0,
             fx: float = DEFAULT_INTRINSICS[0], fy: float = DEFAULT_INTRINSICS[1], cx: float = 0.5, cy: float = 0.5,
             presets: Mapping[str, CameraPreset] | None = None) -> CameraPath:
@@ -386,10 +409,20 @@ def resample(path: CameraPath, frames: int, rotation: Rotation = "linear") -> Ca
 def read_pose_file(path: str | Path) -> CameraPath:
     """Read a CameraCtrl / RealEstate10K pose file: the first line is ignored (a URL), then one pose per line,
     19 numbers: timestamp fx fy cx cy 0 0 r11 r12 r13 t1 r21 r22 r23 t2 r31 r32 r33 t3 (world-to-camera)."""
+    if not str(path).strip():
+        raise ValueError("No camera pose file given (the path is empty): give the path of a CameraCtrl / "
+                         "RealEstate10K pose file (.txt).")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the path of a pose file (.txt) inside it, not the folder.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Camera pose file {path} does not exist: check the path.")
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a text pose file ({exc}).") from exc
+    except OSError as exc:
+        raise ValueError(f"Cannot read the camera pose file {path}: {exc.strerror}.") from exc
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         tokens = line.split()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .camera import CameraPath, plucker_embedding
+from .camera import CameraPath, fit_to_frames, plucker_embedding
 from .checks import check_seed, check_workload, finite_number, whole_number
 from .conditioning import (
     camera_conditioning,
@@ -100,11 +100,14 @@ class GenerationRequest:
         return replace(self, frames=frames, width=width, height=height)
 
     def checked(self) -> "GenerationRequest":
-        """:meth:`checked_settings`, and the strength against the mode the inputs give."""
+        """:meth:`checked_settings`, the strength against the mode the inputs give, and a camera path of another
+        length resampled to the frame count (never cut)."""
         request = self.checked_settings()
         if request.strength < 1.0 and request.mode != "v2v":
             raise ValueError(f"strength = {request.strength} only applies to video-to-video: connect an input video "
                              f"or set the strength to 1.")
+        if request.camera is not None:
+            request = replace(request, camera=fit_to_frames(request.camera, request.frames))
         return request
 
 
@@ -135,7 +138,7 @@ def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: Ma
         return inpaint_conditioning(vae, pixels, keep, add_noise=config.add_noise_in_inpaint_model,
                                     generator=generator, **size), None
     if mode == "camera":
-        plucker = plucker_embedding(request.camera[: request.frames], request.width, request.height)
+        plucker = plucker_embedding(request.camera, request.width, request.height)
         return camera_conditioning(vae, plucker, request.reference_image, **fit), None
     control = request.control_video
     if mode == "trajectory":

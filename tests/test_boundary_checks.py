@@ -265,3 +265,39 @@ def test_a_lora_strength_that_is_no_finite_number_is_refused_before_any_hook(tmp
         with applied(model, [(lora, 1.0), (lora, strength)]):
             pass
     assert all(not m._forward_hooks for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------- camera paths, pose files
+@pytest.mark.parametrize("extra, message", [
+    (["--camera", ""], "camera combination '' names no preset"),
+    (["--camera", " + "], "camera combination ' + ' names no preset"),
+    (["--camera", "Pan Up++Pan Left"], "camera combination 'Pan Up++Pan Left' has an empty name between '+' signs"),
+    (["--camera", "Pan Up+"], "has an empty name between '+' signs"),
+    (["--camera", "Pan Up+Spin"], "Unknown camera preset 'Spin'"),
+    (["--camera-file", ""], "No camera pose file given (the path is empty)"),
+    (["--camera-file", " "], "No camera pose file given (the path is empty)"),
+    (["--camera-file", "{folder}"], "is a folder: give the path of a pose file (.txt) inside it"),
+    (["--camera-file", "{folder}/missing.txt"], "missing.txt does not exist"),
+    (["--camera", "Pan Up", "--camera-file", "{folder}/poses.txt"], "give either --camera or --camera-file"),
+])
+def test_camera_inputs_are_refused_by_name_before_any_weight_is_read(tmp_path, models, media, caplog, weight_reads,
+                                                                     extra, message):
+    extra = [a.format(folder=tmp_path) for a in extra]
+    code = _generate(tmp_path, "--model", str(models["camera"]), "--reference-image", media["image"], *extra)
+    assert code == 2
+    assert message in caplog.text
+    assert weight_reads == []
+
+
+@pytest.mark.parametrize("poses, frames", [(49, 25), (49, 5), (5, 9), (13, 13)])
+def test_a_camera_path_of_another_length_is_resampled_over_the_whole_motion_never_cut(caplog, poses, frames):
+    from easyanimate_core.camera import preset_path
+    from easyanimate_core.generation import GenerationRequest
+
+    path = preset_path("Pan Left", poses)
+    request = GenerationRequest(width=48, height=32, frames=frames, camera=path).checked()
+    assert len(request.camera) == frames
+    assert torch.allclose(request.camera.w2c()[0], path.w2c()[0])
+    assert torch.allclose(request.camera.w2c()[-1], path.w2c()[-1], atol=1e-6)  # the end of the motion is kept
+    resampled = f"The camera path has {poses} poses and the video {frames} frames: resampled to {frames}"
+    assert (resampled in caplog.text) == (poses != frames)

@@ -18,7 +18,7 @@ def models_dir(tmp_path_factory):
     from easyanimate_core.demo import write_demo_model
 
     root = tmp_path_factory.mktemp("models")
-    for variant in ("t2v", "inp"):
+    for variant in ("t2v", "inp", "camera"):
         write_demo_model(root / f"demo-{variant}", variant=variant)
     return root
 
@@ -123,3 +123,20 @@ def test_the_lora_loader_refuses_damaged_and_mismatched_files_by_cause(comfyui, 
     with pytest.raises(ValueError, match="their ranks do not match"):
         _run("EasyAnimateLoraLoaderFromPath", model=loaded["model"], lora_path=str(tmp_path / "ranks.safetensors"),
              strength=1.0)
+
+
+@pytest.mark.parametrize("path, message", [("", "the path is empty"), ("   ", "the path is empty"),
+                                           ("{folder}", "is a folder"), ("{folder}/none.txt", "does not exist")])
+def test_the_pose_file_node_refuses_an_empty_path_and_a_folder(comfyui, tmp_path, path, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        _run("EasyAnimateCameraPoseFile", path=path.format(folder=tmp_path), frames=0)
+
+
+def test_a_camera_path_longer_than_the_frames_is_resampled_by_the_sampler_not_cut(comfyui, caplog):
+    model, text_encoder, vae, _ = _run("EasyAnimateModelLoader", model="demo-camera", precision="fp32",
+                                       memory_mode="model_cpu_offload", blocks_on_gpu=-1, weight_dtype="default")
+    positive, negative = _run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    (pan,) = _run("EasyAnimateCameraPreset", preset="Pan Up", frames=17, speed=1.0, fx=0.53, fy=0.95)
+    (latent,) = _sample(dict(model=model, vae=vae, positive=positive, negative=negative), camera=pan)
+    assert latent["samples"].shape[2] == 2
+    assert "The camera path has 17 poses and the video 5 frames: resampled to 5" in caplog.text
