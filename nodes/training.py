@@ -121,6 +121,20 @@ _OPTIONS = {  # name: (declaration, CLI flag)
 }
 
 
+# The validation videos' size and steps (the trainer's defaults: the 672x384x49 of the official scripts, 25 steps);
+# optional, so workflows saved before they existed keep their widget values.
+_VALIDATION_OPTIONS = {
+    "validation_width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16,
+                                 "tooltip": "Width of the validation videos (multiple of 16)."}),
+    "validation_height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16,
+                                  "tooltip": "Height of the validation videos (multiple of 16)."}),
+    "validation_frames": ("INT", {"default": 49, "min": 1, "max": 121, "step": 4,
+                                  "tooltip": "Frames of the validation videos (4k+1); fewer render faster."}),
+    "validation_steps": ("INT", {"default": 25, "min": 1, "max": 100,
+                                 "tooltip": "Sampling steps of each validation video."}),
+}
+
+
 class EasyAnimateTrainLoRA:
     DESCRIPTION = ("Trains a LoRA on the dataset in a separate process (a crash or out-of-memory cannot take "
                    "ComfyUI down), with the loss in the log and the progress bar. Cancel stops it after the current "
@@ -152,11 +166,12 @@ class EasyAnimateTrainLoRA:
         required["validation_prompts"] = ("STRING", {"default": "", "multiline": True,
                                                      "tooltip": "One prompt per line, rendered with the LoRA at "
                                                                 "the end (videos in the run's validation folder)."})
-        return {"required": required}
+        return {"required": required, "optional": _VALIDATION_OPTIONS}
 
     def train(self, dataset, model, output_dir, name, steps, rank, alpha, learning_rate, batch_size,
               gradient_accumulation, video_size, image_size, frames, mixed_precision, gradient_checkpointing,
-              fp8_base, checkpoint_every, seed, resume, validation_prompts):
+              fp8_base, checkpoint_every, seed, resume, validation_prompts, validation_width=None,
+              validation_height=None, validation_frames=None, validation_steps=None):
         values = dict(steps=steps, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
                       gradient_accumulation=gradient_accumulation, video_size=video_size, image_size=image_size,
                       frames=frames, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
@@ -184,6 +199,13 @@ class EasyAnimateTrainLoRA:
         for prompt in (p.strip() for p in validation_prompts.splitlines()):
             if prompt:
                 command.append(f"--validation-prompt={prompt}")
+        size = [given if given is not None else _VALIDATION_OPTIONS[key][1]["default"]
+                for key, given in (("validation_width", validation_width), ("validation_height", validation_height),
+                                   ("validation_frames", validation_frames))]
+        command.append("--validation-size={}x{}x{}".format(*size))
+        if validation_steps is None:
+            validation_steps = _VALIDATION_OPTIONS["validation_steps"][1]["default"]
+        command.append(f"--validation-steps={validation_steps}")
         weights = sum(f.stat().st_size for f in (folders[model] / "transformer").glob("*.safetensors"))
         _comfy.make_room(2 * weights)  # the trainer is another process: free what ComfyUI holds on the GPU
         path, tail = run_trainer(command, steps)

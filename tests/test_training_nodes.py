@@ -153,3 +153,19 @@ def test_plain_run_names_resolve_inside_the_output_folder(comfy, runs):
     for output_dir, name, run in (("", "my_lora", "my_lora"), (" EasyAnimate/lora ", "v1.2", "EasyAnimate/lora/v1.2"),
                                   ("a/../b", ".hidden", "b/.hidden")):
         assert pack.nodes.training.run_folders(output_dir, name)[1] == base / run
+
+
+def test_the_validation_videos_take_the_size_and_steps_set_on_the_node(comfy, metadata, runs):
+    from easyanimate_core.video import read_video
+
+    (dataset, _) = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
+    inputs = dict(TRAIN_INPUTS, output_dir=runs.name, name="validated", steps=1,
+                  validation_prompts="orange stripes\n\nmoving stripes")
+    path, log = _run("EasyAnimateTrainLoRA", dataset=dataset, model="demo-t2v", **inputs, validation_width=48,
+                     validation_height=32, validation_frames=5, validation_steps=2)
+    videos = sorted((runs / "validated" / "validation").glob("*.mp4"))
+    assert len(videos) == 2  # one per non-empty prompt line
+    assert all(read_video(video).shape == (5, 32, 48, 3) for video in videos)
+    declared = NODES["EasyAnimateTrainLoRA"].INPUT_TYPES()["optional"]
+    assert {name: spec[1]["default"] for name, spec in declared.items()} == {
+        "validation_width": 672, "validation_height": 384, "validation_frames": 49, "validation_steps": 25}

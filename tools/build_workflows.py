@@ -291,7 +291,7 @@ def lora_training(prompt: str) -> dict:
                             outputs=[("dataset", "EASYANIMATE_DATASET"), ("info", "STRING")], size=(380, 150))
     nodes["train"] = Node("EasyAnimateTrainLoRA", [
         model, "EasyAnimate/lora_training", "my_lora", 1000, 64, 32.0, 1e-4, 1, 1, 256, 512, 25, "bf16",
-        True, True, 100, 42, "fixed", True, prompt], inputs=[("dataset", "EASYANIMATE_DATASET")],
+        True, True, 100, 42, "fixed", True, prompt, 672, 384, 49, 25], inputs=[("dataset", "EASYANIMATE_DATASET")],
         outputs=[("lora_path", "STRING"), ("log", "STRING")], size=(380, 620))
     nodes["lora"] = Node("EasyAnimateLoraLoaderFromPath", [1.0],
                          inputs=[("model", "MODEL"), ("lora_path", "STRING")],
