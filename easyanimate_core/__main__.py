@@ -149,7 +149,7 @@ def _camera_path(args: argparse.Namespace):
 def _trajectory(args: argparse.Namespace):
     from .trajectory import parse_trajectory
 
-    if not args.trajectory:
+    if args.trajectory is None:
         return None
     text = args.trajectory
     if not text.lstrip().startswith(("[", "{")) and Path(text).is_file():

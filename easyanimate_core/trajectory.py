@@ -161,6 +161,9 @@ def _parse_value(value: Any, where: tuple[str, ...], canvas: tuple[int, int] | N
         raise _error(where, "at least one point; draw a trajectory first", value)
     first = value[0]
     if isinstance(first, str):
+        if any(part.startswith("string ") for part in where):
+            raise ValueError(f"{_label(where)}: a list of JSON strings inside a JSON string is nested too deeply: "
+                             f"give one list of strings, each holding one trajectory.")
         parts = []
         for i, item in enumerate(value, 1):
             here = where + (f"string {i}",)
@@ -191,12 +194,17 @@ def _parse_pixel_track(points: Sequence[Any], where: tuple[str, ...], canvas: tu
     if not points:
         raise _error(where, f"a non-empty list of {_PIXEL_POINT}", points)
     width, height = canvas
+    margin = blob_half_size(width, height)  # a blob centred this far outside still reaches into the canvas
     track = []
     for i, point in enumerate(points, 1):
         here = where + (f"point {i}",)
         if not isinstance(point, dict) or "x" not in point or "y" not in point:
             raise _error(here, _PIXEL_POINT, point)
         x, y = (_number(point[key], here, _PIXEL_POINT, point) for key in ("x", "y"))
+        if not (-margin <= x <= width + margin and -margin <= y <= height + margin):
+            raise _error(here, f"a point on the {width}x{height} canvas (x in {-margin}..{width + margin}, y in "
+                               f"{-margin}..{height + margin}: the blob of a point farther out draws nothing); draw "
+                               f"inside the canvas, or give the size of the canvas it was drawn on", point)
         track.append((x / width, y / height))
     return tuple(track)
 
@@ -276,6 +284,9 @@ def _decode_json(text: str, where: tuple[str, ...]) -> Any:
         raise ValueError(f"{_label(where)}: empty; draw a trajectory or connect KJNodes' coord_str.")
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{_label(where)}: nested too deeply to be a trajectory (a list of tracks of points is "
+                         f"three levels deep): {_show(text)}") from None
     except json.JSONDecodeError as strict_error:
         try:
             return json.loads(text.replace("'", '"'))
@@ -320,8 +331,8 @@ def _label(where: tuple[str, ...]) -> str:
 def _show(value: Any, limit: int = 120) -> str:
     try:
         text = value if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):
+        text = object.__repr__(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

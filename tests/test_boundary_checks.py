@@ -301,3 +301,58 @@ def test_a_camera_path_of_another_length_is_resampled_over_the_whole_motion_neve
     assert torch.allclose(request.camera.w2c()[-1], path.w2c()[-1], atol=1e-6)  # the end of the motion is kept
     resampled = f"The camera path has {poses} poses and the video {frames} frames: resampled to {frames}"
     assert (resampled in caplog.text) == (poses != frames)
+
+
+# ---------------------------------------------------------------------------------------------------- trajectories
+@pytest.mark.parametrize("point", [{"x": -25, "y": 10}, {"x": 625, "y": 10}, {"x": 10, "y": 407},
+                                   {"x": 10, "y": -24.5}, {"x": 1e9, "y": 1e9}])
+def test_pixel_points_whose_blob_misses_the_canvas_are_refused_by_point(point):
+    import json
+
+    from easyanimate_core.trajectory import parse_trajectory
+
+    track = [{"x": -24, "y": 0}, {"x": 624, "y": 406}, point]  # 24: the blob's half size on this canvas
+    with pytest.raises(ValueError, match=r"trajectory, point 3: expected a point on the 600x382 canvas \(x in "
+                                         r"-24\.\.624, y in -24\.\.406: the blob of a point farther out draws"):
+        parse_trajectory(json.dumps(track), canvas_size=(600, 382))
+    with pytest.raises(ValueError, match=r"trajectory, track 2, point 3: expected a point on the"):
+        parse_trajectory([track[:2], track], canvas_size=(600, 382))
+    assert len(parse_trajectory(json.dumps(track[:2]), canvas_size=(600, 382)).tracks[0]) == 2  # edges are inside
+
+
+@pytest.mark.parametrize("value", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"version": 1, "tracks": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    ['["[{\\"x\\": 1, \\"y\\": 2}]", "[{\\"x\\": 1, \\"y\\": 2}]"]'],
+    ["[" * 100_000 + "]" * 100_000],
+])
+def test_absurdly_nested_trajectories_are_refused_without_a_recursion_error(value):
+    from easyanimate_core.trajectory import parse_trajectory
+
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_trajectory(value, canvas_size=(48, 32))
+
+
+def test_deeply_nested_python_lists_are_refused_as_a_value_error():
+    from easyanimate_core.trajectory import parse_trajectory
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="trajectory, track 1, point 1: expected"):
+        parse_trajectory([[deep]], canvas_size=(48, 32))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "trajectory: empty; draw a trajectory"),
+    ("  ", "trajectory: empty"),
+    ('[{"x": 60, "y": 10}]', "trajectory, point 1: expected a point on the 48x32 canvas"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_the_command_line_refuses_bad_trajectories_before_any_weight_is_read(tmp_path, models, media, caplog,
+                                                                             weight_reads, text, message):
+    code = _generate(tmp_path, "--model", str(models["control"]), "--reference-image", media["image"],
+                     "--trajectory", text)
+    assert code == 2
+    assert message in caplog.text
+    assert weight_reads == []

@@ -140,3 +140,14 @@ def test_a_camera_path_longer_than_the_frames_is_resampled_by_the_sampler_not_cu
     (latent,) = _sample(dict(model=model, vae=vae, positive=positive, negative=negative), camera=pan)
     assert latent["samples"].shape[2] == 2
     assert "The camera path has 17 poses and the video 5 frames: resampled to 5" in caplog.text
+
+
+@pytest.mark.parametrize("coordinates, message", [
+    ('[{"x": 5000, "y": 10}]', "point 1: expected a point on the 672x384 canvas"),
+    ('[{"x": 10, "y": -300}]', "point 1: expected a point on the 672x384 canvas"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('["[\\"[]\\"]"]', "nested too deeply"),
+])
+def test_the_trajectory_node_refuses_points_off_the_canvas_and_absurd_nesting(comfyui, coordinates, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        _run("EasyAnimateTrajectory", trajectory="", width=672, height=384, frames=49, coordinates=coordinates)
