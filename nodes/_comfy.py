@@ -51,6 +51,46 @@ def model_folders() -> dict[str, Path]:
     return found
 
 
+def readable_roots() -> list[Path]:
+    """The folders a path typed into a node may point into: ComfyUI's input and output folders and every model
+    folder it knows (``extra_model_paths.yaml`` entries included; not ``custom_nodes``). Empty outside ComfyUI."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    roots = [folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.models_dir]
+    roots += [path for name, (paths, _) in folder_paths.folder_names_and_paths.items() if name != "custom_nodes"
+              for path in paths]
+    unique: dict[Path, None] = {}
+    for root in roots:
+        unique.setdefault(Path(root).expanduser().resolve(), None)
+    return list(unique)
+
+
+def user_path(value: str, what: str) -> Path:
+    """A file or folder path typed into a node (``what`` names the input), resolved: a relative path is taken in
+    ComfyUI's input folder, and the result (links followed) must lie inside :func:`readable_roots`, so a workflow
+    cannot make the server read or write anywhere else. Outside ComfyUI, any path."""
+    text = value.strip()
+    if not text:
+        raise ValueError(f"{what}: the path is empty; give the path of a file in ComfyUI's input folder (or a "
+                         f"models or output folder).")
+    path = Path(text).expanduser()
+    roots = readable_roots()
+    if not roots:
+        return path.resolve()
+    import folder_paths
+
+    if not path.is_absolute():
+        path = Path(folder_paths.get_input_directory()) / path
+    path = path.resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise ValueError(f"{what} = {text!r} is {path}, outside ComfyUI's input, output and model folders: move it "
+                         f"into {folder_paths.get_input_directory()} (a relative path is read there) or into a "
+                         f"model folder, or add its folder to extra_model_paths.yaml.")
+    return path
+
+
 def output_directory() -> Path:
     """ComfyUI's output folder (``--output-directory`` honoured), or the working directory outside ComfyUI."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _comfy
 from ._types import CAMERA, CATEGORY
 
 _FRAMES = ("INT", {"default": 49, "min": 1, "max": 161, "tooltip": "Poses in the path; match the sampler's frames."})
@@ -106,7 +107,9 @@ class EasyAnimateCameraPoseFile:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "path": ("STRING", {"default": "", "tooltip": "Path of the .txt pose file on the ComfyUI machine."}),
+                "path": ("STRING", {"default": "", "tooltip": (
+                    "Path of the .txt pose file: relative to ComfyUI's input folder, or inside a models or output "
+                    "folder.")}),
                 "frames": ("INT", {"default": 49, "min": 0, "max": 1000,
                                    "tooltip": "Resample to this many poses (match the sampler); 0 keeps the file's."}),
             }
@@ -115,7 +118,7 @@ class EasyAnimateCameraPoseFile:
     def load(self, path, frames):
         from ..easyanimate_core.camera import read_pose_file, resample
 
-        camera = read_pose_file(path.strip())
+        camera = read_pose_file(_comfy.user_path(path, "path"))
         return (resample(camera, frames) if frames else camera,)
 
 

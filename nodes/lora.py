@@ -61,7 +61,7 @@ class EasyAnimateLoraLoaderFromPath:
         }
 
     def load(self, model, lora_path, strength):
-        return (_with_lora(model, Path(lora_path.strip()).expanduser(), strength),)
+        return (_with_lora(model, _comfy.user_path(lora_path, "lora_path"), strength),)
 
 
 def _with_lora(model, path: Path, strength: float):

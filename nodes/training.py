@@ -78,9 +78,9 @@ class EasyAnimateTrainingDataset:
         if not path.strip():
             raise ValueError("Give the path of a dataset metadata .json file or of a folder of captioned images "
                              "and videos.")
-        # Absolute paths: the trainer runs in another working directory.
-        data = str(Path(path.strip()).expanduser().resolve())
-        root = str(Path(data_root.strip()).expanduser().resolve()) if data_root.strip() else ""
+        # Absolute paths inside ComfyUI's folders: the trainer runs in another working directory.
+        data = str(_comfy.user_path(path, "path"))
+        root = str(_comfy.user_path(data_root, "data_root")) if data_root.strip() else ""
         _, report = load_dataset(data, root or None, default_caption)
         return TrainingDataset(data, root, default_caption, report.summary()), report.summary()
 

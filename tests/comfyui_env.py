@@ -39,8 +39,9 @@ def import_comfyui(**flags) -> None:
 
 
 def use_folders(monkeypatch, tmp_path: Path, models_dir: Path) -> Path:
-    """Point ComfyUI's folders at a test's own: models/EasyAnimate = ``models_dir``, loras, output and temp under
-    ``tmp_path``. Returns the loras folder."""
+    """Point ComfyUI's folders at a test's own: models/EasyAnimate = ``models_dir``, the input folder =
+    ``tmp_path`` (so files a test writes there are inputs a node may read), loras, output and temp under it.
+    Returns the loras folder."""
     import folder_paths
 
     loras = tmp_path / "loras"
@@ -48,6 +49,7 @@ def use_folders(monkeypatch, tmp_path: Path, models_dir: Path) -> Path:
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "EasyAnimate", ([str(models_dir)], set()))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(loras)], {".safetensors"}))
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path))
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
     monkeypatch.delenv("EASYANIMATE_MODELS_DIR", raising=False)

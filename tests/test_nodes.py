@@ -265,3 +265,36 @@ def test_cancel_is_checked_before_every_block_not_only_between_steps(comfyui, wh
     assert len(ran) == 1  # the block that was running finished; the next one never started
     for module in (transformer, autoencoder, text_encoder.model.component):
         assert not any(m._forward_pre_hooks for m in module.modules())
+
+
+def test_path_inputs_stay_inside_comfyuis_folders(comfyui, tmp_path, tmp_path_factory, monkeypatch):
+    """Pose file, LoRA by path and dataset paths resolve in ComfyUI's input folder (relative), its output folder
+    or a model folder (extra_model_paths.yaml included); anything else, links followed, is refused by name
+    before the file is opened."""
+    import folder_paths
+
+    outside = tmp_path_factory.mktemp("elsewhere")
+    secret = outside / "poses.txt"
+    secret.write_text("not for the workflow\n")
+    (tmp_path / "link.txt").symlink_to(secret)
+    model, _, _, _ = _load("demo-inp")
+    attempts = [
+        ("EasyAnimateCameraPoseFile", dict(path=str(secret), frames=0), "path"),
+        ("EasyAnimateCameraPoseFile", dict(path="../" + outside.name + "/poses.txt", frames=0), "path"),
+        ("EasyAnimateCameraPoseFile", dict(path="link.txt", frames=0), "path"),
+        ("EasyAnimateCameraPoseFile", dict(path="/etc/passwd", frames=0), "path"),
+        ("EasyAnimateLoraLoaderFromPath", dict(model=model, lora_path=str(outside / "x.safetensors"), strength=1.0),
+         "lora_path"),
+        ("EasyAnimateTrainingDataset", dict(path=str(outside), default_caption="", data_root=""), "path"),
+        ("EasyAnimateTrainingDataset", dict(path=str(tmp_path), default_caption="", data_root=str(outside)),
+         "data_root"),
+    ]
+    for node_id, inputs, name in attempts:
+        with pytest.raises(ValueError, match=f"^{name} = .* outside ComfyUI's input, output and model folders") as e:
+            _run(node_id, **inputs)
+        assert "not for the workflow" not in str(e.value)  # never the content of a file we refused to read
+    # The same file is read once it sits in a model folder from extra_model_paths.yaml.
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "camera_poses", ([str(outside)], {".txt"}))
+    with pytest.raises(ValueError) as e:  # now opened: refused for its content's format, not its place
+        _run("EasyAnimateCameraPoseFile", path=str(secret), frames=0)
+    assert "outside ComfyUI" not in str(e.value)

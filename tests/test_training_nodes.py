@@ -55,12 +55,15 @@ def _run(node_id, **inputs):
     return getattr(node, node.FUNCTION)(**inputs)
 
 
-def test_the_dataset_node_reads_a_metadata_file_or_a_captioned_folder(metadata, tmp_path, monkeypatch):
+def test_the_dataset_node_reads_a_metadata_file_or_a_captioned_folder(comfyui, metadata, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "input_directory", str(metadata.parent))
     dataset, info = _run("EasyAnimateTrainingDataset", path=str(metadata), default_caption="", data_root="")
     assert dataset.data == str(metadata) and dataset.data_root == ""
     assert f"4 of 9 entries usable (3 images, 1 videos), {len(BAD_ENTRIES)} skipped" in info
     assert "missing.mp4: file not found" in info
-    monkeypatch.chdir(metadata.parent)  # relative paths are made absolute: the trainer runs elsewhere
+    # A relative path is read in ComfyUI's input folder, and made absolute: the trainer runs elsewhere.
     (folder_set, info) = _run("EasyAnimateTrainingDataset", path=".", default_caption="stripes", data_root="")
     assert folder_set.data == str(metadata.parent) and "4 of 5 entries usable" in info and "broken.png" in info
     with pytest.raises(ValueError, match="Give the path"):
