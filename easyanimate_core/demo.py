@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .config import TransformerConfig, VAEConfig
@@ -121,6 +122,15 @@ def write_demo_model(folder: str | Path, variant: str = "t2v", seed: int = 0) ->
     """
     folder = Path(folder)
     config = demo_transformer_config(variant)
+    try:
+        return _write_demo_model(folder, variant, config, seed)
+    except (OSError, SafetensorError) as exc:  # safetensors' own error for a failed write (disk full, size limit)
+        raise OSError(f"Cannot write the demo model to {folder}: {exc}. Check the free space and the write "
+                      f"permission there (for the built-in demo, of the temporary folder: TMPDIR), or pass "
+                      f"--model.") from None
+
+
+def _write_demo_model(folder: Path, variant: str, config: TransformerConfig, seed: int) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
         torch.manual_seed(seed)
         transformer, vae = EasyAnimateTransformer(config), MagvitVAE(DEMO_VAE)

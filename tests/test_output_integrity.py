@@ -264,6 +264,16 @@ def test_a_full_disk_makes_the_command_line_fail_with_the_path_and_leave_no_part
             assert read_video(output).shape == (5, 32, 48, 3)
 
 
+def test_a_demo_model_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path):
+    output = tmp_path / "clip.mp4"
+    run = subprocess.run([sys.executable, "-m", "easyanimate_core", "generate", *SMALL, "--output", str(output)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, preexec_fn=_limited(1500), timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)))
+    assert run.returncode == 1, run.stderr
+    assert "Cannot write the demo model to " in run.stderr and "File too large" in run.stderr
+    assert "Traceback" not in run.stderr and not output.exists()
+
+
 @pytest.mark.parametrize("fps", ["-5", "0", "nan", "inf", "-inf", "eight"])
 def test_the_command_line_refuses_an_impossible_frame_rate_before_any_work(tmp_path, demo, fps, capsys):
     with pytest.raises(SystemExit) as stop:
