@@ -232,7 +232,7 @@ def generate(args: argparse.Namespace) -> int:
 
     from .attention_backends import select_attention
     from .generation import decode_latents, denoise_activation_bytes, prepare_inputs, run_denoise
-    from .loading import inspect_transformer, load_scheduler, load_transformer, load_vae
+    from .loading import inspect_model, load_scheduler, load_transformer, load_vae
     from .memory import Placement
     from .ops import DEFAULT_OPS
     from .out_of_memory import Workload, explain_out_of_memory
@@ -246,8 +246,8 @@ def generate(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model_dir = _model_for(request.mode, args.model)
-    if model_dir is not None:  # the mode against the variant, from config.json and headers: no weight read yet
-        require_variant(inspect_transformer(model_dir), request.mode)
+    if model_dir is not None:  # every config, and the mode against the variant: no weight read yet
+        require_variant(inspect_model(model_dir), request.mode)
     model_label = str(model_dir) if model_dir is not None else "the random demo model"
     with tempfile.TemporaryDirectory(prefix="easyanimate-demo-") as scratch:
         if model_dir is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +46,12 @@ def _require_int(kind: str, name: str, value: Any, minimum: int, source: str | N
 
 def _require_bool(kind: str, name: str, value: Any, source: str | None) -> None:
     if not isinstance(value, bool):
-        raise _fail(kind, name, value, "true or false", source)
+        raise _fail(kind, name, value, "true or false" + (" (a JSON boolean, without quotes)" if isinstance(value, str)
+                                                         else ""), source)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _split_known(kind: str, cls: type, raw: dict[str, Any], ignored: frozenset[str], source: str | None):
@@ -132,8 +138,8 @@ class TransformerConfig:
         for name in ("add_norm_text_encoder", "norm_elementwise_affine", "flip_sin_to_cos", "after_norm",
                      "add_noise_in_inpaint_model", "add_ref_latent_in_control_model"):
             _require_bool(kind, name, getattr(self, name), source)
-        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or self.norm_eps <= 0:
-            raise _fail(kind, "norm_eps", self.norm_eps, "a positive number", source)
+        if not _positive_number(self.norm_eps):
+            raise _fail(kind, "norm_eps", self.norm_eps, "a positive finite number", source)
         if self.attention_head_dim % 8:
             raise _fail(kind, "attention_head_dim", self.attention_head_dim,
                         "a multiple of 8 (the 3D rotary embedding splits it 2:3:3)", source)
@@ -256,9 +262,8 @@ class VAEConfig:
                         f"{n} entries from {sorted(up_ok)} (one per block_out_channels entry)", source)
         if self.act_fn != "silu":
             raise _fail(kind, "act_fn", self.act_fn, "'silu'", source)
-        if (not isinstance(self.scaling_factor, (int, float)) or isinstance(self.scaling_factor, bool)
-                or self.scaling_factor <= 0):
-            raise _fail(kind, "scaling_factor", self.scaling_factor, "a positive number", source)
+        if not _positive_number(self.scaling_factor):
+            raise _fail(kind, "scaling_factor", self.scaling_factor, "a positive finite number", source)
         if self.mini_batch_encoder != self.temporal_compression:
             raise _fail(kind, "mini_batch_encoder", self.mini_batch_encoder,
                         f"the temporal compression of down_block_types ({self.temporal_compression})", source)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .attention import RopeFormula
-from .config import Layout, TransformerConfig, read_config_json, transformer_config_from_dict, vae_config_from_dict
+from .config import (Layout, TransformerConfig, VAEConfig, read_config_json, transformer_config_from_dict,
+                     vae_config_from_dict)
 from .fp8_matmul import ScaledFp8Linear
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .ops import DEFAULT_OPS, LayerOps
@@ -233,6 +234,20 @@ def inspect_transformer(path: str | Path) -> TransformerConfig:
     return _inspect_transformer(path)[4]
 
 
+def inspect_model(path: str | Path) -> TransformerConfig:
+    """Check every config of a model folder (transformer, VAE, scheduler, text encoder) and the transformer's
+    safetensors headers without reading a weight; the transformer config, for checking a request against it."""
+    from .text_encoder import check_text_encoder  # it builds on this module
+
+    config = inspect_transformer(path)
+    _vae_config(resolve_component(path, "vae"))
+    scheduler = _scheduler_file(path)
+    if scheduler is not None:
+        FlowMatchEulerScheduler.from_config_dict(read_config_json(scheduler), source=str(scheduler))
+    check_text_encoder(path)
+    return config
+
+
 def load_transformer(
     path: str | Path,
     *,
@@ -267,15 +282,19 @@ def load_transformer(
     return model.eval().requires_grad_(False)
 
 
+def _vae_config(folder: Path) -> VAEConfig:
+    config_path = folder / "config.json"
+    raw = read_config_json(config_path)
+    _check_family(raw, VAE_CLASS_NAMES, config_path, "VAE")
+    return vae_config_from_dict(raw, source=str(config_path))
+
+
 def load_vae(
     path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
 ) -> MagvitVAE:
     """Load the MagViT VAE of a model folder (or its ``vae/`` folder); both layouts share the VAE keys."""
     folder = resolve_component(path, "vae")
-    config_path = folder / "config.json"
-    raw = read_config_json(config_path)
-    _check_family(raw, VAE_CLASS_NAMES, config_path, "VAE")
-    config = vae_config_from_dict(raw, source=str(config_path))
+    config = _vae_config(folder)
     entries = {e.name: e for e in _headers(weight_files(folder))}
     with torch.device("meta"):
         model = MagvitVAE(config, dtype=dtype)
@@ -286,9 +305,16 @@ def load_vae(
 
 def load_scheduler(path: str | Path) -> FlowMatchEulerScheduler:
     """The flow scheduler of a model folder (``scheduler/scheduler_config.json``); V5.1 defaults if absent."""
+    candidate = _scheduler_file(path)
+    if candidate is not None:
+        return FlowMatchEulerScheduler.from_config_dict(read_config_json(candidate), source=str(candidate))
+    logger.warning("No scheduler/scheduler_config.json in %s: using the EasyAnimate V5.1 flow defaults.", path)
+    return FlowMatchEulerScheduler()
+
+
+def _scheduler_file(path: str | Path) -> Path | None:
     path = Path(path).expanduser()
     for candidate in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
         if candidate.is_file():
-            return FlowMatchEulerScheduler.from_config_dict(read_config_json(candidate), source=str(candidate))
-    logger.warning("No scheduler/scheduler_config.json in %s: using the EasyAnimate V5.1 flow defaults.", path)
-    return FlowMatchEulerScheduler()
+            return candidate
+    return None

@@ -45,11 +45,14 @@ class FlowMatchEulerScheduler:
             "shift": raw.get("shift", 3.0),
             "use_dynamic_shifting": raw.get("use_dynamic_shifting", True),
         }
-        if not isinstance(values["num_train_timesteps"], int) or values["num_train_timesteps"] < 2:
-            raise ValueError(f"scheduler num_train_timesteps = {values['num_train_timesteps']!r}{where}: "
-                             f"expected an integer >= 2.")
-        if not isinstance(values["shift"], (int, float)) or values["shift"] <= 0:
-            raise ValueError(f"scheduler shift = {values['shift']!r}{where}: expected a positive number.")
+        steps, shift, dynamic = values["num_train_timesteps"], values["shift"], values["use_dynamic_shifting"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"scheduler num_train_timesteps = {steps!r}{where}: expected an integer >= 2.")
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
+            raise ValueError(f"scheduler shift = {shift!r}{where}: expected a positive finite number.")
+        if not isinstance(dynamic, bool):
+            raise ValueError(f"scheduler use_dynamic_shifting = {dynamic!r}{where}: expected true or false (a JSON "
+                             f"boolean, without quotes).")
         return cls(**values)
 
     def _shift(self, sigmas: torch.Tensor) -> torch.Tensor:

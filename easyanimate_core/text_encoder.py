@@ -124,13 +124,38 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+def _config_error(folder: Path, exc: Exception) -> ModelFormatError:
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    return ModelFormatError(f"The text encoder config {folder / 'config.json'} is not a Qwen2-VL config that "
+                            f"transformers can use ({type(exc).__name__}: {why[:300]}). Download text_encoder/"
+                            f"config.json again from the model's release.")
+
+
+def _language_model(folder: Path, dtype: torch.dtype):
+    """(text config, the language tower minus its last layer on the meta device): every config error, from
+    transformers' validation or from building the layers, names the file."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLTextModel
+
+    text_config = _language_model_config(folder)
+    try:
+        with torch.device("meta"):
+            return text_config, Qwen2VLTextModel(text_config).to(dtype)
+    except Exception as exc:  # e.g. zero heads, an unknown activation: raised while the layers are built
+        raise _config_error(folder, exc) from exc
+
+
+def check_text_encoder(path: str | Path) -> None:
+    """Check a model folder's text encoder config by building the tower on the meta device: no weight is read."""
+    _language_model(resolve_component(path, "text_encoder"), torch.float32)
+
+
 def _language_model_config(folder: Path):
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"Cannot read {folder / 'config.json'} ({exc}).") from exc
+    except Exception as exc:  # transformers raises many kinds (validation, OSError, KeyError): retell with the path
+        raise _config_error(folder, exc) from exc
     if getattr(config, "model_type", None) != "qwen2_vl":
         raise ModelFormatError(
             f"{folder / 'config.json'} describes a {getattr(config, 'model_type', '?')!r} model, not Qwen2-VL: "
@@ -154,7 +179,7 @@ def load_text_encoder(
     ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each decoder layer
     converted as soon as it is read."""
     try:
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLTextModel
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
     except ImportError as exc:
         import transformers
 
@@ -164,9 +189,7 @@ def load_text_encoder(
 
     check_fp8_kind(fp8)
     folder = resolve_component(path, "text_encoder")
-    text_config = _language_model_config(folder)
-    with torch.device("meta"):
-        model = Qwen2VLTextModel(text_config).to(dtype)
+    text_config, model = _language_model(folder, dtype)
     model.norm = nn.Identity()
     adopt_linears(model)  # our Linear computes in its input's dtype, so its weight may be stored in fp8
     model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies

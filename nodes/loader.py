@@ -64,7 +64,7 @@ class EasyAnimateModelLoader:
     def load(self, model, precision, memory_mode, blocks_on_gpu, weight_dtype):
         import torch
 
-        from ..easyanimate_core.loading import load_vae
+        from ..easyanimate_core.loading import inspect_model, load_vae
         from ..easyanimate_core.memory import FP8_MODES, MEMORY_MODES
         from ..easyanimate_core.text_encoder import load_text_encoder
         from . import _native
@@ -77,6 +77,7 @@ class EasyAnimateModelLoader:
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode {memory_mode!r}: expected one of {MEMORY_MODES}.")
         folder = folders[model]
+        inspect_model(folder)  # every config checked before a weight is read
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
         offload = _native.offload_device()
         vae_dtype = dtype

@@ -356,3 +356,55 @@ def test_the_command_line_refuses_bad_trajectories_before_any_weight_is_read(tmp
     assert code == 2
     assert message in caplog.text
     assert weight_reads == []
+
+
+# ------------------------------------------------------------------------------------------ config value types
+def _edited_copy(model, tmp_path, file, section, key, value):
+    import json
+    import shutil
+
+    folder = shutil.copytree(model, tmp_path / "edited")
+    path = folder / file
+    config = json.loads(path.read_text())
+    (config[section] if section else config)[key] = value
+    path.write_text(json.dumps(config))  # NaN and Infinity as Python's json writes them
+    return folder, path
+
+
+@pytest.mark.parametrize("file, section, key, value, expected", [
+    ("transformer/config.json", None, "add_norm_text_encoder", "false", "expected true or false (a JSON boolean"),
+    ("transformer/config.json", None, "after_norm", "true", "expected true or false (a JSON boolean"),
+    ("transformer/config.json", None, "flip_sin_to_cos", 1, "expected true or false"),
+    ("transformer/config.json", None, "num_layers", "2", "expected an integer >= 1"),
+    ("transformer/config.json", None, "norm_eps", float("nan"), "expected a positive finite number"),
+    ("vae/config.json", None, "spatial_group_norm", "false", "expected true or false (a JSON boolean"),
+    ("vae/config.json", None, "scaling_factor", float("inf"), "expected a positive finite number"),
+    ("scheduler/scheduler_config.json", None, "use_dynamic_shifting", "false",
+     "expected true or false (a JSON boolean"),
+    ("scheduler/scheduler_config.json", None, "shift", float("nan"), "expected a positive finite number"),
+    ("scheduler/scheduler_config.json", None, "num_train_timesteps", True, "expected an integer >= 2"),
+])
+def test_config_values_of_the_wrong_type_are_refused_naming_the_file_and_key(tmp_path, models, caplog, weight_reads,
+                                                                            file, section, key, value, expected):
+    folder, path = _edited_copy(models["t2v"], tmp_path, file, section, key, value)
+    assert _generate(tmp_path, "--model", str(folder)) == 2
+    assert any(f"{key}{quote} = {value!r}" in caplog.text for quote in ("", "'"))
+    assert str(path) in caplog.text and expected in caplog.text
+    assert weight_reads == []
+
+
+@pytest.mark.parametrize("key, value, cause", [
+    ("hidden_size", "abc", "StrictDataclassFieldValidationError"),
+    ("num_hidden_layers", "3", "StrictDataclassFieldValidationError"),
+    ("vocab_size", None, "StrictDataclassFieldValidationError"),
+    ("num_attention_heads", 0, "ZeroDivisionError"),
+    ("num_attention_heads", 3, "hidden_size must be divisible by num_heads"),
+    ("hidden_act", "nope", "KeyError: 'nope'"),
+])
+def test_text_encoder_config_errors_from_transformers_are_retold_with_the_path(tmp_path, models, caplog,
+                                                                                weight_reads, key, value, cause):
+    folder, path = _edited_copy(models["t2v"], tmp_path, "text_encoder/config.json", "text_config", key, value)
+    assert _generate(tmp_path, "--model", str(folder)) == 2
+    assert f"The text encoder config {path} is not a Qwen2-VL config that transformers can use" in caplog.text
+    assert cause in caplog.text and "Download text_encoder/config.json again" in caplog.text
+    assert weight_reads == []

@@ -3,6 +3,7 @@ name before a model moves or a step runs."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -20,6 +21,14 @@ def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for variant in ("t2v", "inp", "camera"):
         write_demo_model(root / f"demo-{variant}", variant=variant)
+    for name, file, section, key, value in (
+            ("bad-vae", "vae/config.json", None, "spatial_group_norm", "false"),
+            ("bad-scheduler", "scheduler/scheduler_config.json", None, "use_dynamic_shifting", "false"),
+            ("bad-text-encoder", "text_encoder/config.json", "text_config", "hidden_act", "nope")):
+        path = write_demo_model(root / name, variant="t2v") / file
+        config = json.loads(path.read_text())
+        (config[section] if section else config)[key] = value
+        path.write_text(json.dumps(config))
     return root
 
 
@@ -151,3 +160,21 @@ def test_a_camera_path_longer_than_the_frames_is_resampled_by_the_sampler_not_cu
 def test_the_trajectory_node_refuses_points_off_the_canvas_and_absurd_nesting(comfyui, coordinates, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         _run("EasyAnimateTrajectory", trajectory="", width=672, height=384, frames=49, coordinates=coordinates)
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("bad-vae", "spatial_group_norm' = 'false' in .*bad-vae/vae/config.json: expected true or false"),
+    ("bad-scheduler", "use_dynamic_shifting = 'false' in .*bad-scheduler/scheduler/scheduler_config.json"),
+    ("bad-text-encoder", "text encoder config .*bad-text-encoder/text_encoder/config.json is not a Qwen2-VL config"),
+])
+def test_the_loader_checks_every_config_before_reading_a_weight(comfyui, monkeypatch, folder, message):
+    import importlib
+
+    loading = importlib.import_module(f"{pack.__name__}.easyanimate_core.loading")
+    reads = []
+    real = loading.read_tensors
+    monkeypatch.setattr(loading, "read_tensors", lambda *a, **k: reads.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=message):
+        _run("EasyAnimateModelLoader", model=folder, precision="fp32", memory_mode="model_cpu_offload",
+             blocks_on_gpu=-1, weight_dtype="default")
+    assert reads == []
