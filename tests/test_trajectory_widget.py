@@ -580,3 +580,24 @@ def test_without_comfyui_or_image_the_node_returns_plain_outputs(monkeypatch):
     without = node.build(trajectory=drawing, width=48, height=32, frames=5)
     assert isinstance(with_image, tuple) and isinstance(without, tuple)
     assert torch.equal(with_image[1], without[1])
+
+
+def test_the_runs_image_comes_back_after_a_page_reload(page):
+    """A reload restores the workflow (the drawing) but not the page's memory: the run's preview image comes back
+    from the tab's session storage; a dropped image (a blob of the old page) cannot and is not asked for."""
+    graph = {"id": "graph-reload"}
+    node = _new_node(page, graph=graph, id=4)
+    page.evaluate("(i) => T.node(i).onExecuted({trajectory_image: [{filename: 'run.png', subfolder: '', "
+                  "type: 'temp'}]})", node)
+    page.wait_for_function("(i) => T.editor(i).image", arg=node)
+    shown, text = _state(page, node)["imageUrl"], _state(page, node)["text"]
+    page.reload()
+    page.wait_for_function("document.body.dataset.ready === '1' || document.body.dataset.error")
+    reloaded = _new_node(page, graph=graph, id=4)
+    page.evaluate("([i, text]) => T.configure(i, text)", [reloaded, text])
+    page.wait_for_function("(i) => T.editor(i).image", arg=reloaded)
+    assert _state(page, reloaded)["imageUrl"] == shown
+    stranger = _new_node(page, graph=graph, id=5)
+    page.evaluate("(i) => T.configure(i, T.text(i))", stranger)
+    page.wait_for_timeout(300)
+    assert _state(page, stranger)["image"] is None

@@ -28,6 +28,32 @@ const COORD_DIGITS = 1e5;
 // The image shown on each node, by graph and node id: ComfyUI's undo and redo rebuild the nodes from the workflow,
 // which holds the drawing but not the image (a dropped image exists only in this page).
 const shownImages = new Map();
+// The server images among them (a run's preview, /view URLs) also go to the tab's sessionStorage, so a page reload,
+// which restores the workflow but not this page's memory, shows them again; dropped images (blob: URLs) cannot.
+const STORED_IMAGES = "EasyAnimate.trajectoryImages";
+const STORED_LIMIT = 64;
+
+function storedImages() {
+  try {
+    return JSON.parse(sessionStorage.getItem(STORED_IMAGES) ?? "{}") ?? {};
+  } catch {
+    return {};
+  }
+}
+
+function storeImage(key, url) {
+  if (url.startsWith("blob:")) return;
+  const images = storedImages();
+  delete images[key];
+  images[key] = url; // newest last: the oldest go first past the limit
+  const keys = Object.keys(images);
+  for (const old of keys.slice(0, Math.max(0, keys.length - STORED_LIMIT))) delete images[old];
+  try {
+    sessionStorage.setItem(STORED_IMAGES, JSON.stringify(images));
+  } catch {
+    // storage full or disabled: the image is still shown, only not after a reload
+  }
+}
 const RESIZE_MODES = ["crop", "pad", "stretch"]; // the first is the default, as in easyanimate_core/resize.py
 const COLORS = ["#ff5a5a", "#4fc3f7", "#9ccc65", "#ffca28", "#ba68c8", "#ff8a65", "#4db6ac", "#f06292"];
 
@@ -452,12 +478,14 @@ export class TrajectoryEditor {
     return graph && id != null && id !== -1 ? `${graph.id ?? ""}:${id}` : null;
   }
 
-  /** Show the image this node showed before its graph was rebuilt (undo, redo, switching workflow tabs). */
+  /** Show the image this node showed before its graph was rebuilt (undo, redo, switching workflow tabs) or the
+   * page was reloaded (a run's preview only). */
   restoreImage() {
     const key = this.imageKey();
     if (this.image || !key || this.restoredFrom === key) return;
     this.restoredFrom = key;
-    if (shownImages.has(key)) this.setImage(shownImages.get(key));
+    const url = shownImages.get(key) ?? storedImages()[key];
+    if (url) this.setImage(url);
   }
 
   setImage(url, revoke = false) {
@@ -466,7 +494,10 @@ export class TrajectoryEditor {
       const key = this.imageKey();
       const previous = key ? shownImages.get(key) : this.imageUrl;
       if (previous?.startsWith("blob:") && previous !== url) URL.revokeObjectURL(previous);
-      if (key) shownImages.set(key, url);
+      if (key) {
+        shownImages.set(key, url);
+        storeImage(key, url);
+      }
       this.image = img;
       this.imageUrl = url;
       this.render();
