@@ -23,11 +23,17 @@ _DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+# dtypes the safetensors format defines that these loaders do not read (no EasyAnimate weight uses them).
+_UNSUPPORTED_DTYPES = ("U16", "U32", "U64", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
 class CorruptWeightsError(ValueError):
     """A weight file that cannot be read as safetensors (truncated, corrupt, or another format)."""
+
+
+class UnsupportedDtypeError(ValueError):
+    """A valid safetensors file holding a tensor in a dtype the loaders do not read."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ def read_header(path: Path) -> list[TensorEntry]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if isinstance(info, dict) and info.get("dtype") in _UNSUPPORTED_DTYPES:
+            raise UnsupportedDtypeError(
+                f"{path}: tensor '{name}' is stored as {info['dtype']}, a valid safetensors dtype that this loader "
+                f"does not read (it reads {', '.join(_DTYPES)}). The file is not corrupt: convert its tensors to "
+                f"BF16, F16 or F32 (e.g. load it with safetensors and save it again after .to(torch.bfloat16)), "
+                f"or download the model's published weights.")
+        if isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] not in _DTYPES:
+            raise _corrupt(path, f"tensor '{name}' has the dtype {info['dtype']!r}, which safetensors does not define")
         try:
             dtype = _DTYPES[info["dtype"]]
             shape = tuple(int(d) for d in info["shape"])

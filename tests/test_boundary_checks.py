@@ -408,3 +408,55 @@ def test_text_encoder_config_errors_from_transformers_are_retold_with_the_path(t
     assert f"The text encoder config {path} is not a Qwen2-VL config that transformers can use" in caplog.text
     assert cause in caplog.text and "Download text_encoder/config.json again" in caplog.text
     assert weight_reads == []
+
+
+# ----------------------------------------------------------------------------------------- safetensors dtypes
+def _raw_safetensors(path, dtype: str, nbytes: int = 8, name: str = "weight"):
+    import json
+    import struct
+
+    header = json.dumps({name: {"dtype": dtype, "shape": [2], "data_offsets": [0, nbytes]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(nbytes))
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["U16", "U32", "U64", "F8_E8M0", "F4", "C64"])
+def test_valid_but_unsupported_safetensors_dtypes_are_named_not_called_corrupt(tmp_path, dtype):
+    from easyanimate_core.safetensors_io import UnsupportedDtypeError, read_header
+
+    path = _raw_safetensors(tmp_path / "w.safetensors", dtype)
+    with pytest.raises(UnsupportedDtypeError, match=f"tensor 'weight' is stored as {dtype}, a valid safetensors "
+                                                    f"dtype that this loader does not read .*not corrupt") as error:
+        read_header(path)
+    assert "truncated" not in str(error.value)
+
+
+def test_a_dtype_safetensors_does_not_define_is_still_corrupt(tmp_path):
+    from easyanimate_core.safetensors_io import CorruptWeightsError, UnsupportedDtypeError, read_header
+
+    with pytest.raises(CorruptWeightsError, match="dtype 'X99', which safetensors does not define") as error:
+        read_header(_raw_safetensors(tmp_path / "w.safetensors", "X99"))
+    assert not isinstance(error.value, UnsupportedDtypeError)
+
+
+@pytest.mark.parametrize("dtype", ["U32", "F8_E8M0"])
+def test_an_unsupported_dtype_in_a_model_folder_is_named_before_any_weight_is_read(tmp_path, models, caplog,
+                                                                                    weight_reads, dtype):
+    import shutil
+
+    folder = shutil.copytree(models["t2v"], tmp_path / "model")
+    _raw_safetensors(folder / "transformer" / "extra.safetensors", dtype)
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").rename(folder / "transformer" / "a.safetensors")
+    assert _generate(tmp_path, "--model", str(folder)) == 2
+    assert f"extra.safetensors: tensor 'weight' is stored as {dtype}, a valid safetensors dtype" in caplog.text
+    assert weight_reads == []
+
+
+def test_an_unsupported_dtype_in_a_lora_is_named(tmp_path, published):
+    from easyanimate_core.lora import read_lora
+    from easyanimate_core.safetensors_io import UnsupportedDtypeError
+
+    path = _raw_safetensors(tmp_path / "lora.safetensors", "U16",
+                            name="lora_unet__transformer_blocks_0_attn1_to_q.lora_down.weight")
+    with pytest.raises(UnsupportedDtypeError, match="is stored as U16"):
+        read_lora(path, published["12B"])
