@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic_files import write_text
+from .checks import finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +243,10 @@ def preset_path(name: str, frames: int, speed: float = 1.0, fx: float = DEFAULT_
                 presets: Mapping[str, CameraPreset] | None = None) -> CameraPath:
     """One preset over ``frames`` frames, as the reference CameraBasic node (theta = i/n * speed * pi/3 * angle,
     R = Rz Ry Rx, t = i/n * speed * 1.5 * T). ``presets`` defaults to ``camera_presets/presets.json``."""
+    for key, value in (("fx", fx), ("fy", fy)):
+        finite_number(key, value, low=0.0, low_open=True, hint="A focal length as a share of the image size.")
+    for key, value in (("cx", cx), ("cy", cy)):
+        finite_number(key, value, hint="0.5 is the image centre.")
     motion = _preset_motion([_lookup(name, presets)], _check_frames(frames), speed)
     return CameraPath.from_matrices(motion, (fx, fy, cx, cy))
 

@@ -460,3 +460,35 @@ def test_an_unsupported_dtype_in_a_lora_is_named(tmp_path, published):
                             name="lora_unet__transformer_blocks_0_attn1_to_q.lora_down.weight")
     with pytest.raises(UnsupportedDtypeError, match="is stored as U16"):
         read_lora(path, published["12B"])
+
+
+# ------------------------------------------------------------------------- camera intrinsics, training numbers
+@pytest.mark.parametrize("key, value, message", [
+    ("fx", float("nan"), "fx = nan is not a finite number"), ("fy", float("inf"), "fy = inf is not a finite"),
+    ("fx", 0.0, "fx = 0.0: expected a finite number > 0"), ("cx", float("-inf"), "cx = -inf is not a finite"),
+    ("speed", float("nan"), "speed must be a finite number"),
+])
+def test_camera_preset_numbers_are_refused_by_name(key, value, message):
+    from easyanimate_core.camera import preset_path
+
+    with pytest.raises(ValueError, match=message):
+        preset_path("Pan Up", 5, **{key: value})
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--learning-rate", "nan", "learning_rate = nan is not a finite number"),
+    ("--learning-rate", "inf", "learning_rate = inf is not a finite number"),
+    ("--learning-rate", "0", "learning_rate = 0.0: expected a finite number > 0"),
+    ("--alpha", "inf", "alpha = inf is not a finite number"),
+    ("--max-grad-norm", "nan", "max_grad_norm = nan is not a finite number"),
+    ("--validation-guidance", "nan", "validation_guidance = nan is not a finite number"),
+])
+def test_training_numbers_are_refused_by_name_before_any_weight_is_read(tmp_path, models, caplog, weight_reads,
+                                                                        flag, value, message):
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text("[]")
+    code = main(["train-lora", "--data", str(metadata), "--model", str(models["t2v"]), "--output",
+                 str(tmp_path / "out"), "--steps", "2", f"{flag}={value}"])
+    assert code == 2
+    assert message in caplog.text
+    assert weight_reads == []

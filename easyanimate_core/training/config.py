@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import finite_number
 from .buckets import BucketOptions
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -73,8 +74,11 @@ class TrainingConfig:
             raise ValueError(f"lr_schedule = {self.lr_schedule!r}: expected one of {LR_SCHEDULES}.")
         if self.save_dtype not in SAVE_DTYPES:
             raise ValueError(f"save_dtype = {self.save_dtype!r}: expected one of {sorted(SAVE_DTYPES)}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate = {self.learning_rate!r}: expected a positive number.")
+        finite_number("learning_rate", self.learning_rate, low=0.0, low_open=True, hint="1e-4 is the reference's.")
+        finite_number("alpha", self.alpha, low=0.0, low_open=True, hint="Half the rank is usual.")
+        finite_number("validation_guidance", self.validation_guidance, low=0.0)
+        for name in ("weight_decay", "adam_epsilon", "max_grad_norm"):
+            finite_number(name, getattr(self, name), low=0.0)
         for name in ("caption_dropout", "i2v_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected a value in [0, 1].")
