@@ -8,14 +8,19 @@ variant can do the asked mode and names the model to pick when it cannot.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 
 from .config import TransformerConfig
 from .memory import execution_device
-from .sampling import Conditioning
 from .resize import DEFAULT_RESIZE
+from .sampling import Conditioning
 from .vae import MagvitVAE
+from .vae_tiling import ProgressCallback
 from .video import frames_to_model, latent_frames
 
 # Inference noise on the known frames of InP models: the mean of the log-normal amplitude used in training.
@@ -47,11 +52,27 @@ def require_variant(config: TransformerConfig, mode: str) -> None:
                          f"{config.variant_description}. Load the right model folder.")
 
 
+# Progress of the VAE encodes below, for callers several functions up (a node's progress bar and Cancel): set for
+# a block by :func:`encode_progress`, read by every encode in it.
+_ENCODE_PROGRESS: ContextVar[ProgressCallback | None] = ContextVar("easyanimate_encode_progress", default=None)
+
+
+@contextmanager
+def encode_progress(callback: ProgressCallback | None) -> Iterator[None]:
+    """Within the block, every VAE encode of this module calls ``callback(done, total)`` after each temporal chunk
+    (of each tile); the callback may raise to cancel."""
+    token = _ENCODE_PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _ENCODE_PROGRESS.reset(token)
+
+
 def _encode(vae: MagvitVAE, video: torch.Tensor) -> torch.Tensor:
     """[1, 3, F, H, W] in [-1, 1] -> scaled latent means [1, 16, T, h, w] in the VAE's dtype; in spatial tiles
     when whole frames do not fit in free memory."""
     video = video.to(device=execution_device(vae), dtype=vae.dtype)
-    return vae.encode(video, tile_size="auto").mode() * vae.scaling_factor
+    return vae.encode(video, tile_size="auto", callback=_ENCODE_PROGRESS.get()).mode() * vae.scaling_factor
 
 
 def resize_mask_to_latents(mask: torch.Tensor, latent_t: int, height: int, width: int) -> torch.Tensor:

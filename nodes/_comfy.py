@@ -204,6 +204,20 @@ class Progress:
         except ImportError:
             self._bar = None
 
+    @classmethod
+    def reporter(cls):
+        """A ``callback(done, total)`` for work whose total is known only when it starts (a VAE call): a bar per
+        call, advanced per chunk, with ComfyUI's Cancel checked at each."""
+        bars: dict[int, Progress] = {}
+
+        def report(done: int, total: int) -> None:
+            if done == 1 or total not in bars:
+                bars[total] = cls(total)
+            bars[total].update(done, total)
+            check_interrupt()
+
+        return report
+
     def update(self, done: int, total: int, latents=None) -> None:
         if self._bar is None:
             return

@@ -46,6 +46,7 @@ class EasyAnimateConditioning:
         import node_helpers
         import torch
 
+        from ..easyanimate_core.conditioning import encode_progress, require_variant
         from ..easyanimate_core.generation import GenerationRequest, prepare_inputs
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, memory_stage, require_easyanimate
@@ -59,9 +60,10 @@ class EasyAnimateConditioning:
             trajectory=optional.get("trajectory"), camera=optional.get("camera"),
             resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
+        pass
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            with _comfy.cancel_points(component(vae)):
+            with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):
                 prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
         values = {key: tensor for key, tensor in ((INPAINT_KEY, prepared.conditioning.inpaint_latents),
                                                   (CONTROL_KEY, prepared.conditioning.control_latents))

@@ -46,7 +46,7 @@ class EasyAnimateSampler:
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
                teacache_threshold, teacache_start_steps, teacache_end_steps, cfg_skip_ratio, **optional):
-        from ..easyanimate_core.conditioning import require_variant
+        from ..easyanimate_core.conditioning import encode_progress, require_variant
         from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
                                                    run_denoise)
         from ..easyanimate_core.resize import DEFAULT_RESIZE
@@ -69,7 +69,7 @@ class EasyAnimateSampler:
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            with _comfy.cancel_points(component(vae)):
+            with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):
                 prepared = prepare_inputs(transformer.config, component(vae), request)
         progress = _comfy.Progress(request.steps)
 

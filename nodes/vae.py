@@ -85,7 +85,7 @@ class EasyAnimateEncode:
     def encode(self, vae, frames, resize_mode=None):
         import torch
 
-        from ..easyanimate_core.conditioning import video_latents
+        from ..easyanimate_core.conditioning import encode_progress, video_latents
         from ..easyanimate_core.out_of_memory import Workload
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.video import check_frames
@@ -99,7 +99,8 @@ class EasyAnimateEncode:
                            frames.shape[1], count, width, height)
         with memory_stage("VAE encode", Workload(width, height, count), vae_tiles=True):
             load_on_device(vae)  # outside inference mode: weights moved inside it would become inference tensors
-            with torch.inference_mode(), _comfy.cancel_points(component(vae)):
+            with (torch.inference_mode(), _comfy.cancel_points(component(vae)),
+                  encode_progress(_comfy.Progress.reporter())):
                 latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
                                         resize=resize_mode or DEFAULT_RESIZE)
         return ({"samples": latents / component(vae).scaling_factor},)

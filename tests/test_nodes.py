@@ -148,6 +148,17 @@ def test_progress_is_reported_with_previews(comfyui):
     assert any(p[1] == 2 for p in comfyui["progress"])  # decode: one update per latent frame
 
 
+def test_the_vae_encodes_of_the_sampler_and_the_encode_node_report_progress(comfyui):
+    _, vae, _, _, _ = _graph("demo-inp", {"start_image": torch.rand(1, 32, 48, 3)}, steps=3)
+    first_step = comfyui["progress"].index((1, 3, True))
+    encode = comfyui["progress"][:first_step]  # the start image's encode runs before the first step
+    assert encode and encode[-1][0] == encode[-1][1] and not any(p[2] for p in encode)
+    comfyui["progress"].clear()
+    _run("EasyAnimateEncode", vae=vae, frames=torch.rand(5, 32, 48, 3))
+    done = [p[:2] for p in comfyui["progress"]]
+    assert done and done[-1][0] == done[-1][1] and [d for d, _ in done] == sorted(d for d, _ in done)
+
+
 def test_an_interrupt_stops_the_run_and_leaves_the_model_usable_and_unchanged(comfyui):
     import comfy.model_management as mm
 
