@@ -60,7 +60,7 @@ class EasyAnimateConditioning:
             trajectory=optional.get("trajectory"), camera=optional.get("camera"),
             resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
-        pass
+        require_variant(config, request.mode)  # before the VAE moves
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
             with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):

@@ -178,3 +178,13 @@ def test_the_loader_checks_every_config_before_reading_a_weight(comfyui, monkeyp
         _run("EasyAnimateModelLoader", model=folder, precision="fp32", memory_mode="model_cpu_offload",
              blocks_on_gpu=-1, weight_dtype="default")
     assert reads == []
+
+
+def test_the_conditioning_node_refuses_a_mode_the_model_cannot_do_before_the_vae_moves(comfyui, loaded):
+    import torch
+
+    with pytest.raises(ValueError, match="control needs a Control model"):
+        _run("EasyAnimateConditioning", model=loaded["model"], positive=loaded["positive"],
+             negative=loaded["negative"], vae=loaded["vae"], width=48, height=32, frames=5, seed=1,
+             control_video=torch.rand(5, 32, 48, 3))
+    assert comfyui["freed"] == []
