@@ -180,11 +180,17 @@ def test_the_loader_checks_every_config_before_reading_a_weight(comfyui, monkeyp
     assert reads == []
 
 
-def test_the_conditioning_node_refuses_a_mode_the_model_cannot_do_before_the_vae_moves(comfyui, loaded):
+def test_the_conditioning_node_refuses_a_mode_the_model_cannot_do_before_the_vae_moves(comfyui, loaded,
+                                                                                       monkeypatch):
+    import importlib
+
     import torch
 
+    native = importlib.import_module(f"{pack.__name__}.nodes._native")
+    moved = []
+    monkeypatch.setattr(native, "load_on_device", lambda *a, **k: moved.append(a))
     with pytest.raises(ValueError, match="control needs a Control model"):
         _run("EasyAnimateConditioning", model=loaded["model"], positive=loaded["positive"],
              negative=loaded["negative"], vae=loaded["vae"], width=48, height=32, frames=5, seed=1,
              control_video=torch.rand(5, 32, 48, 3))
-    assert comfyui["freed"] == []
+    assert moved == []
