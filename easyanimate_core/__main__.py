@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,6 @@ import torch
 from .atomic_files import remove_stale
 from .attention_backends import ATTENTION_BACKENDS
 from .conditioning import VARIANTS_FOR_MODE, require_variant
-from .config import TransformerConfig
 from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
@@ -218,8 +216,9 @@ def _model_for(mode: str, model_arg: str | None) -> Path | None:
         return root
     found = []
     for folder in sorted(p for p in root.iterdir() if (p / "transformer" / "config.json").is_file()):
-        channels = json.loads((folder / "transformer" / "config.json").read_text()).get("in_channels", 16)
-        variant = TransformerConfig(in_channels=channels).variant
+        from .loading import inspect_transformer
+
+        variant = inspect_transformer(folder).variant  # as the loader node and the trainer read it
         found.append(f"{folder.name} ({variant})")
         if variant in VARIANTS_FOR_MODE[mode]:
             return folder
