@@ -14,7 +14,7 @@ their own strengths, and fp8 base weights need no lossy re-quantisation.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,61 +94,74 @@ def read_lora(path: str | Path, transformer: nn.Module) -> LoraFile:
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file {path} does not exist: put LoRA files in ComfyUI/models/loras (or pass "
                                 f"the full path of a .safetensors file).")
+    entries = read_header(path)
+    tensors = ((entry.name, tensor) for entry, tensor in read_tensors(entries, dtype=torch.float32))
+    return LoraFile(path=path, layers=lora_layers(path, tensors, transformer))
+
+
+def lora_layers(source: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], transformer: nn.Module, *,
+                strict: bool = True) -> dict[str, LoraLayer]:
+    """The LoRA layers of ``tensors`` (key, tensor) for ``transformer``, checked: every tensor finite, the blocks
+    those of this model's size, down and up of one rank fitting the layer. ``strict``: a key that fits no Linear,
+    a layer with one half, or no layer at all is an error too (ComfyUI's own LoRA loaders skip such keys).
+    ``source`` names the LoRA in messages."""
     linears = {name for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
     official = {OFFICIAL_PREFIX + name.replace(".", "_"): name for name in linears}
-    entries = read_header(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    unmatched, names = [], []
-    for entry, tensor in read_tensors(entries, dtype=torch.float32):
+    unmatched, names, count = [], [], 0
+    for key, tensor in tensors:
+        count += 1
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ModelFormatError(f"{path}: tensor '{entry.name}' holds {bad} NaN or infinite values of "
+            raise ModelFormatError(f"{source}: tensor '{key}' holds {bad} NaN or infinite values of "
                                    f"{tensor.numel()}: the LoRA is damaged (often by a training run that diverged). "
                                    f"Retrain it with a lower learning rate, or use an earlier checkpoint.")
-        named = _module_name(entry.name)
+        named = _module_name(key)
         if named is None:
-            unmatched.append(entry.name)
+            unmatched.append(key)
             continue
         name, part = named
         name = official.get(name, name)
         names.append(name)
         if name not in linears:
-            unmatched.append(entry.name)
+            unmatched.append(key)
             continue
         parts.setdefault(name, {})[part] = tensor
-    _check_blocks(path, names, transformer)
-    if unmatched:
+    _check_blocks(source, names, transformer)
+    if unmatched and strict:
         raise ModelFormatError(
-            f"{path}: {len(unmatched)} of {len(entries)} tensors fit no layer of this EasyAnimate transformer "
+            f"{source}: {len(unmatched)} of {count} tensors fit no layer of this EasyAnimate transformer "
             f"(first: {sorted(unmatched)[:4]}).{_family_hint(unmatched)} Pick a LoRA trained for EasyAnimate V5.1."
         )
     layers = {}
     modules = dict(transformer.named_modules())
     for name, p in parts.items():
         if "down" not in p or "up" not in p:
-            raise ModelFormatError(f"{path}: layer '{name}' has only {sorted(p)}; a LoRA layer needs both halves.")
+            if not strict:
+                continue
+            raise ModelFormatError(f"{source}: layer '{name}' has only {sorted(p)}; a LoRA layer needs both halves.")
         linear = modules[name]
         down, up = p["down"], p["up"]
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             raise ModelFormatError(
-                f"{path}: layer '{name}' has a down matrix {tuple(down.shape)} and an up matrix {tuple(up.shape)}: "
+                f"{source}: layer '{name}' has a down matrix {tuple(down.shape)} and an up matrix {tuple(up.shape)}: "
                 f"their ranks do not match (down [rank, in], up [out, rank]). The halves come from different LoRAs "
                 f"or the file is damaged: export or download it again."
             )
         if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features:
             raise ModelFormatError(
-                f"{path}: layer '{name}' has down {tuple(down.shape)} and up {tuple(up.shape)}, but the layer is "
+                f"{source}: layer '{name}' has down {tuple(down.shape)} and up {tuple(up.shape)}, but the layer is "
                 f"{linear.in_features} -> {linear.out_features}: the LoRA was trained for another model size "
                 f"(7B vs 12B, or another family)."
             )
         if "alpha" in p and p["alpha"].numel() != 1:
-            raise ModelFormatError(f"{path}: layer '{name}' has an alpha of shape {tuple(p['alpha'].shape)}: "
+            raise ModelFormatError(f"{source}: layer '{name}' has an alpha of shape {tuple(p['alpha'].shape)}: "
                                    f"expected one number.")
         alpha = float(p["alpha"]) if "alpha" in p else None
         layers[name] = LoraLayer(down=down, up=up, alpha=alpha)
-    if not layers:
-        raise ModelFormatError(f"{path} holds no LoRA layers.")
-    return LoraFile(path=path, layers=layers)
+    if not layers and strict:
+        raise ModelFormatError(f"{source} holds no LoRA layers.")
+    return layers
 
 
 def _published(position: int, count: int) -> str:
@@ -188,7 +201,7 @@ def _mmdit_blocks(names: list[str]) -> int | None:
     return None
 
 
-def _check_blocks(path: Path, names: list[str], transformer: nn.Module) -> None:
+def _check_blocks(source: str | Path, names: list[str], transformer: nn.Module) -> None:
     """Refuse a LoRA made for a transformer with other blocks. The 7B and 12B are both 3072 wide, so every layer of
     one fits the other: only the block indices, and which blocks have text-stream layers, tell them apart."""
     config = getattr(transformer, "config", None)
@@ -212,7 +225,7 @@ def _check_blocks(path: Path, names: list[str], transformer: nn.Module) -> None:
         cause = f"it covers blocks 0-{count - 1}, every block of {like} ({count} blocks)"
     if cause:
         raise ModelFormatError(
-            f"{path} was trained for another model size: {cause}. This model is the {config.variant_description} "
+            f"{source} was trained for another model size: {cause}. This model is the {config.variant_description} "
             f"with {config.num_layers} blocks ({config.mmdit_layers} with text-stream layers). The 7B and 12B "
             f"layers have the same width, so the LoRA would load but change the wrong blocks: pick a LoRA trained "
             f"for the {config.size_name} model."

@@ -381,6 +381,7 @@ def install_lora_key_map() -> None:
     EasyAnimate models only; every other model gets ComfyUI's map unchanged. Idempotent."""
     import comfy.lora
 
+    _install_lora_checks()
     original = comfy.lora.model_lora_keys_unet
     if getattr(original, "easyanimate", False):
         return
@@ -394,6 +395,30 @@ def install_lora_key_map() -> None:
 
     model_lora_keys_unet.easyanimate = True
     comfy.lora.model_lora_keys_unet = model_lora_keys_unet
+
+
+def _install_lora_checks() -> None:
+    """Check a LoRA given to ComfyUI's own loaders (``comfy.sd.load_lora_for_models``) for an EasyAnimate model as
+    our loader does: finite tensors, the blocks of this model's size (a 7B LoRA fits the 12B's layer shapes), one
+    rank per layer. Keys it does not know are left to ComfyUI, which skips them. Idempotent."""
+    import comfy.sd
+
+    original = comfy.sd.load_lora_for_models
+    if getattr(original, "easyanimate", False):
+        return
+
+    def load_lora_for_models(model, clip, lora, strength_model, strength_clip):
+        from ..easyanimate_core.checks import finite_number
+        from ..easyanimate_core.lora import lora_layers
+
+        if model is not None and hasattr(model.model, "easyanimate_scheduler"):
+            finite_number("strength_model", strength_model, hint="0 turns the LoRA off; 1 applies it as trained.")
+            lora_layers("The LoRA given to the LoRA loader", ((k, v.float()) for k, v in lora.items()),
+                        model.model.diffusion_model, strict=False)
+        return original(model, clip, lora, strength_model, strength_clip)
+
+    load_lora_for_models.easyanimate = True
+    comfy.sd.load_lora_for_models = load_lora_for_models
 
 
 def add_lora(model, lora_file, strength: float):

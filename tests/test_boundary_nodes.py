@@ -194,3 +194,29 @@ def test_the_conditioning_node_refuses_a_mode_the_model_cannot_do_before_the_vae
              negative=loaded["negative"], vae=loaded["vae"], width=48, height=32, frames=5, seed=1,
              control_video=torch.rand(5, 32, 48, 3))
     assert moved == []
+
+
+def test_comfyuis_own_lora_loader_gets_the_same_checks_on_an_easyanimate_model(comfyui, loaded):
+    import nodes
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    transformer = loaded["model"].model.diffusion_model
+    _demo_lora(comfyui["loras"] / "deeper.safetensors", transformer, blocks=3)
+    good = _demo_lora(comfyui["loras"] / "good.safetensors", transformer)
+    state = load_file(good)
+    key = next(k for k in state if k.endswith("lora_down.weight"))
+    state[key] = torch.full_like(state[key], float("inf"))
+    save_file(state, comfyui["loras"] / "inf.safetensors")
+
+    def core(name, strength=1.0):
+        return nodes.LoraLoaderModelOnly().load_lora_model_only(loaded["model"], name, strength)
+
+    with pytest.raises(ValueError, match="layers for blocks up to 2.*at least 3 blocks.*with 2 blocks"):
+        core("deeper.safetensors")
+    with pytest.raises(ValueError, match=f"tensor '{key}' holds .* NaN or infinite values"):
+        core("inf.safetensors")
+    with pytest.raises(ValueError, match="strength_model = nan is not a finite number"):
+        core("good.safetensors", math.nan)
+    (patched,) = core("good.safetensors")
+    assert len(patched.patches) == 2
