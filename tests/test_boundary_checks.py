@@ -482,6 +482,7 @@ def test_camera_preset_numbers_are_refused_by_name(key, value, message):
     ("--alpha", "inf", "alpha = inf is not a finite number"),
     ("--max-grad-norm", "nan", "max_grad_norm = nan is not a finite number"),
     ("--validation-guidance", "nan", "validation_guidance = nan is not a finite number"),
+    ("--seed", "-3", "seed = -3: expected an integer from 0"),
 ])
 def test_training_numbers_are_refused_by_name_before_any_weight_is_read(tmp_path, models, caplog, weight_reads,
                                                                         flag, value, message):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import finite_number
+from ..checks import check_seed, finite_number
 from .buckets import BucketOptions
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -77,6 +77,7 @@ class TrainingConfig:
         finite_number("learning_rate", self.learning_rate, low=0.0, low_open=True, hint="1e-4 is the reference's.")
         finite_number("alpha", self.alpha, low=0.0, low_open=True, hint="Half the rank is usual.")
         finite_number("validation_guidance", self.validation_guidance, low=0.0)
+        check_seed(self.seed)
         for name in ("weight_decay", "adam_epsilon", "max_grad_norm"):
             finite_number(name, getattr(self, name), low=0.0)
         for name in ("caption_dropout", "i2v_ratio"):
