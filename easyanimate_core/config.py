@@ -64,13 +64,16 @@ def _split_known(kind: str, cls: type, raw: dict[str, Any], ignored: frozenset[s
 
 
 # The published transformer sizes: (blocks, MMDiT blocks with their own text-stream layers, width). Both are 3072
-# wide, so a layer of one fits the other: only the block counts tell them apart.
+# wide, so a layer of one fits the other: only the block counts tell them apart. V5 and V5.1 share them.
 PUBLISHED_SIZES: dict[str, tuple[int, int, int]] = {"12B": (48, 48, 3072), "7B": (36, 18, 3072)}
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """The MMDiT hyper-parameters. Field names are those of ``transformer/config.json``."""
+    """The MMDiT hyper-parameters. Field names are those of ``transformer/config.json``.
+
+    One class serves both families: V5 sets ``text_embed_dim_t5`` (Bert width in ``text_embed_dim``, mT5 width
+    here), V5.1 leaves it null (Qwen2-VL width in ``text_embed_dim``)."""
 
     in_channels: int = 16
     out_channels: int = 16
@@ -101,9 +104,14 @@ class TransformerConfig:
     swa_layers: Any = None
 
     @property
+    def family(self) -> str:
+        """"V5" (Bert + mT5 text encoders: the transformer has ``text_proj_t5``) or "V5.1" (Qwen2-VL)."""
+        return "V5" if self.text_embed_dim_t5 is not None else "V5.1"
+
+    @property
     def variant(self) -> str:
         """Which conditioning the model takes, from its input channels: t2v, inp, control, control_camera."""
-        return _VARIANTS.get(self.in_channels, ("custom", "", ""))[0]
+        return _VARIANTS[self.family].get(self.in_channels, ("custom", "", ""))[0]
 
     @property
     def size_name(self) -> str:
@@ -112,13 +120,14 @@ class TransformerConfig:
 
     @property
     def variant_description(self) -> str:
-        label = _VARIANTS.get(self.in_channels, ("", f"{self.in_channels}-channel", ""))[1]
-        return f"EasyAnimate V5.1 {self.size_name} {label} model"
+        label = _VARIANTS[self.family].get(self.in_channels, ("", f"{self.in_channels}-channel", ""))[1]
+        return f"EasyAnimate {self.family} {self.size_name} {label} model"
 
     @property
     def expected_inputs(self) -> str:
         """What a caller must pass besides the noisy latents, in words."""
-        return _VARIANTS.get(self.in_channels, ("", "", "The channel count matches no published variant."))[2]
+        unknown = ("", "", "The channel count matches no published variant.")
+        return _VARIANTS[self.family].get(self.in_channels, unknown)[2]
 
     @property
     def inner_dim(self) -> int:
@@ -159,23 +168,41 @@ class TransformerConfig:
         for name, expected in fixed.items():
             if getattr(self, name) != expected:
                 raise _fail(kind, name, getattr(self, name),
-                            f"{expected!r}: this value belongs to a model family other than EasyAnimate V5.1",
+                            f"{expected!r}: this value belongs to a model family other than EasyAnimate V5/V5.1",
                             source)
         if self.text_embed_dim_t5 is not None:
-            raise _fail(kind, "text_embed_dim_t5", self.text_embed_dim_t5,
-                        "null: this is an EasyAnimate V5 (Bert + T5) transformer; use a V5.1 (Qwen2-VL) model",
-                        source)
+            _require_int(kind, "text_embed_dim_t5", self.text_embed_dim_t5, 1, source)
+            if self.add_norm_text_encoder:
+                # The original builds RMSNorm(text_embed_dim) in front of the T5 projection, which only fits when
+                # both widths agree: no published model has it (V5 configs leave add_norm_text_encoder false).
+                raise _fail(kind, "text_embed_dim_t5", self.text_embed_dim_t5,
+                            "null when add_norm_text_encoder is true (V5.1, Qwen2-VL), or add_norm_text_encoder "
+                            "false with it (V5, Bert + mT5): no published EasyAnimate model mixes the two", source)
         return self
 
 
-_VARIANTS: dict[int, tuple[str, str, str]] = {
-    16: ("t2v", "text-to-video", "A text-to-video model takes no inpaint or control latents."),
-    33: ("inp", "InP (image-to-video)",
-         "An InP model takes inpaint_latents [B, 17, T, h, w]: 1 mask channel + 16 masked-video channels."),
-    48: ("control", "Control",
-         "A Control model takes control_latents [B, 32, T, h, w]: 16 control-video + 16 reference-image channels."),
-    38: ("control_camera", "Control-Camera",
-         "A Control-Camera model takes control_latents [B, 22, T, h, w]: 6 Plucker camera + 16 reference channels."),
+_T2V = ("t2v", "text-to-video", "A text-to-video model takes no inpaint or control latents.")
+_INP = ("inp", "InP (image-to-video)",
+        "An InP model takes inpaint_latents [B, 17, T, h, w]: 1 mask channel + 16 masked-video channels.")
+# in_channels -> (variant, label, what the model takes besides the latents), per family (reference section 2.6).
+_VARIANTS: dict[str, dict[int, tuple[str, str, str]]] = {
+    "V5.1": {
+        16: _T2V,
+        33: _INP,
+        48: ("control", "Control",
+             "A Control model takes control_latents [B, 32, T, h, w]: 16 control-video + 16 reference-image "
+             "channels."),
+        38: ("control_camera", "Control-Camera",
+             "A Control-Camera model takes control_latents [B, 22, T, h, w]: 6 Plucker camera + 16 reference "
+             "channels."),
+    },
+    "V5": {
+        16: _T2V,
+        33: _INP,
+        32: ("control", "Control",
+             "A V5 Control model takes control_latents [B, 16, T, h, w]: 16 control-video channels (V5 has no "
+             "reference-image slot)."),
+    },
 }
 
 # Constructor defaults of the two implementations (reference section 15.1): a field absent from config.json

@@ -1,11 +1,12 @@
-"""The EasyAnimate V5.1 MMDiT (every variant: T2V, InP, Control, Control-Camera; 7B and 12B).
+"""The EasyAnimate V5.1 and V5 MMDiT (every variant: T2V, InP, Control, Control-Camera; 7B and 12B).
 
 Attribute names equal the checkpoint keys of the original EasyAnimate layout (the text-stream projections of an
 MMDiT block live in ``attn2``); ``loading.py`` converts diffusers-layout keys to these names.
 
 Behaviour follows the code the released weights were trained with (reference section 2): the timestep is rounded
 to bf16 before its embedding, the text tokens are not masked in attention, text tokens come first in the joint
-sequence, and the non-MMDiT blocks of the 7B models pass the text tokens through ``attn1.to_out`` as well.
+sequence, and the non-MMDiT blocks of the 7B models pass the text tokens through ``attn1.to_out`` as well. V5
+models project two text streams (Bert through ``text_proj``, mT5 through ``text_proj_t5``) into one sequence.
 """
 
 from __future__ import annotations
@@ -198,6 +199,11 @@ class EasyAnimateTransformer(nn.Module):
             )
         else:
             self.text_proj = ops.Linear(config.text_embed_dim, dim, **kw)
+        # V5 only: the mT5 states get their own plain Linear (config validation refuses it beside the RMSNorm).
+        if config.text_embed_dim_t5 is not None:
+            self.text_proj_t5 = ops.Linear(config.text_embed_dim_t5, dim, **kw)
+        else:
+            self.text_proj_t5 = None
         self.transformer_blocks = nn.ModuleList(
             [DiTBlock(config, is_mmdit, ops=ops, **kw) for is_mmdit in config.is_mmdit]
         )
@@ -253,7 +259,7 @@ class EasyAnimateTransformer(nn.Module):
         units = 5 + 10 * min(1.0, chunking.TOKEN_CHUNK / max(tokens, 1)) + (3 if step_cache else 0)
         return int(units * b * (tokens + text_tokens) * self.config.inner_dim * self.dtype.itemsize)
 
-    def _check_inputs(self, latents, timestep, text_states, extra: list[torch.Tensor]) -> None:
+    def _check_inputs(self, latents, timestep, text_states, text_states_t5, extra: list[torch.Tensor]) -> None:
         cfg = self.config
         if latents.ndim != 5 or latents.shape[1] != cfg.out_channels:
             raise ValueError(f"latents have shape {tuple(latents.shape)}: expected [B, {cfg.out_channels}, T, h, w].")
@@ -276,6 +282,16 @@ class EasyAnimateTransformer(nn.Module):
         if text_states.ndim != 3 or text_states.shape[0] != b or text_states.shape[2] != cfg.text_embed_dim:
             raise ValueError(f"text_states have shape {tuple(text_states.shape)}: expected [{b}, L, "
                              f"{cfg.text_embed_dim}] (hidden states of the model's own text encoder).")
+        if cfg.text_embed_dim_t5 is None and text_states_t5 is not None:
+            raise ValueError(f"text_states_t5 were given to the {cfg.variant_description}, which has one text "
+                             f"encoder (Qwen2-VL): pass only text_states.")
+        if cfg.text_embed_dim_t5 is not None and (
+            text_states_t5 is None or text_states_t5.ndim != 3 or text_states_t5.shape[0] != b
+            or text_states_t5.shape[2] != cfg.text_embed_dim_t5
+        ):
+            got = "none" if text_states_t5 is None else f"shape {tuple(text_states_t5.shape)}"
+            raise ValueError(f"text_states_t5: {got}; the {cfg.variant_description} expects [{b}, L, "
+                             f"{cfg.text_embed_dim_t5}] (the mT5 encoder's states, beside the Bert states).")
         if timestep.ndim > 1 or timestep.numel() not in (1, b):
             raise ValueError(f"timestep has shape {tuple(timestep.shape)}: expected a scalar or [{b}].")
 
@@ -285,16 +301,19 @@ class EasyAnimateTransformer(nn.Module):
         timestep: torch.Tensor | float,
         text_states: torch.Tensor,
         *,
+        text_states_t5: torch.Tensor | None = None,
         inpaint_latents: torch.Tensor | None = None,
         control_latents: torch.Tensor | None = None,
         step_cache: TeaCache | None = None,
         cache_key: object = None,
     ) -> torch.Tensor:
-        """``step_cache`` (one per sampling run) may replace steps 5-6 by the residual of an earlier step;
-        ``cache_key`` names the batch layout its residuals are kept under (default: the batch size)."""
+        """``text_states`` [B, L, text_embed_dim]: Qwen2-VL states (V5.1) or Bert states (V5); ``text_states_t5``
+        [B, L5, text_embed_dim_t5]: the mT5 states, V5 only. ``step_cache`` (one per sampling run) may replace steps
+        5-6 by the residual of an earlier step; ``cache_key`` names the batch layout its residuals are kept under
+        (default: the batch size)."""
         cfg, p = self.config, self.config.patch_size
         timestep = torch.as_tensor(timestep, device=latents.device)
-        self._check_inputs(latents, timestep, text_states, [inpaint_latents, control_latents])
+        self._check_inputs(latents, timestep, text_states, text_states_t5, [inpaint_latents, control_latents])
         b, c_out, t, h, w = latents.shape
         gh, gw = h // p, w // p
         dtype = self.dtype
@@ -314,8 +333,10 @@ class EasyAnimateTransformer(nn.Module):
         video = x.unflatten(0, (b, t)).flatten(3).permute(0, 1, 3, 2).flatten(1, 2)  # -> [B, T*gh*gw, D]
         del x  # a copy: the patch embedding's output would otherwise stay alive through every block
 
-        # 4. Text projection (RMSNorm first in V5.1).
+        # 4. Text projection (RMSNorm first in V5.1). V5: Bert tokens first, then mT5 tokens, no mask.
         text = self.text_proj(text_states.to(dtype))  # [B, L, D]
+        if self.text_proj_t5 is not None:
+            text = torch.cat([text, self.text_proj_t5(text_states_t5.to(dtype))], dim=1)  # -> [B, L + L5, D]
 
         # 5-6. Blocks and output norms, or the residual a TeaCache kept of them (steps 5-6 of an earlier step).
         residual, key, blocks_in = None, b if cache_key is None else cache_key, None

@@ -89,11 +89,17 @@ def test_unknown_fields_are_logged_and_ignored(caplog):
     "field, value, message",
     [("num_layers", -1, "'num_layers' = -1"), ("in_channels", "33", "'in_channels' = '33'"),
      ("norm_eps", 0, "'norm_eps' = 0"), ("activation_fn", "gelu", "'activation_fn' = 'gelu'"),
-     ("text_embed_dim_t5", 2048, "V5 \\(Bert \\+ T5\\)"), ("attention_head_dim", 20, "multiple of 8")],
+     ("text_embed_dim_t5", 0, "'text_embed_dim_t5' = 0"), ("attention_head_dim", 20, "multiple of 8")],
 )
 def test_invalid_config_values_name_field_and_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         transformer_config_from_dict({field: value}, "diffusers", source="x/config.json")
+
+
+def test_t5_projection_beside_the_v51_text_norm_is_refused():
+    with pytest.raises(ValueError, match="'text_embed_dim_t5' = 2048 in x/config.json.*mixes the two"):
+        transformer_config_from_dict({"text_embed_dim_t5": 2048, "add_norm_text_encoder": True}, "diffusers",
+                                     source="x/config.json")
 
 
 def test_sharded_checkpoint_with_index(tmp_path, reference, original_folder):
