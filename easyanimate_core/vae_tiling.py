@@ -1,15 +1,17 @@
 """Spatial tiling of VAE calls, and the automatic choice of whole frames or a tile size from the free memory.
 
 ``run_tiled`` runs an encode or decode on overlapping spatial tiles and cross-fades them. ``tile_size="auto"``
-(:func:`plan_tile` and :func:`retry_smaller_tiles`) estimates the activation memory of the call, keeps whole frames
-when that fits in free memory and otherwise takes the largest tile that fits; a call that still runs out of memory
-is retried with tiles half the size, down to :data:`MIN_AUTO_TILE` pixels.
+(:func:`plan_tile` and :func:`retry_smaller_tiles`) estimates the peak memory of the call (:func:`estimate_bytes`,
+an upper bound of the measured peaks), keeps whole frames when that fits in free memory and otherwise takes the
+largest tile that fits; a call that still runs out of memory (GPU or host) is retried with tiles half the size,
+down to :data:`MIN_AUTO_TILE` pixels.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
@@ -17,6 +19,7 @@ import torch
 
 from .config import VAEConfig
 from .memory import MEMORY_MARGIN, free_memory
+from .out_of_memory import OutOfMemoryError, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ MIN_AUTO_TILE = 128
 
 T = TypeVar("T")
 
-
-# torch.OutOfMemoryError exists from torch 2.5; ComfyUI installs may have older ones with only the CUDA one.
-OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# What allocators hold beyond the tensors and the convolution backend's copies (:func:`estimate_bytes`), measured.
+ALLOCATOR_HEADROOM = 1.25
+HOST_TILES_HEADROOM = 1.7
+# The runtime's own first-call memory (oneDNN's kernels and scratchpads, OpenMP): 25 to 43 MiB measured on the CPU.
+RUNTIME_BYTES = 64 << 20
 
 
 class VAEOutOfMemoryError(OutOfMemoryError):
@@ -107,16 +112,24 @@ def run_tiled(run: TileRunner, x: torch.Tensor, *, in_scale: int, out_scale: int
     return (out / weight).to(y.dtype)
 
 
-def _stack_peak(c_in: int, c_out: int, layers: int, t: int, carried: int) -> int:
+def _conv_copies(c_in: int | float, c_out: int | float, t_in: int | float, t_out: int | float) -> float:
+    """Elements per pixel the convolution backend holds beside a conv's tensors while it runs: a copy of its
+    (padded) input and of its output in the backend's own layout (oneDNN's blocked layout on the CPU; cuDNN's
+    workspace on a GPU measured the same size)."""
+    return t_in * c_in + t_out * c_out
+
+
+def _stack_peak(c_in: int, c_out: int, layers: int, t: int, carried: int) -> float:
     """Most elements per pixel a stack of ``layers`` residual blocks on ``t`` frames holds besides the cache.
 
     The caller holds the stack's input throughout, later blocks their own input too. A block's first conv holds
     its input and SiLU output until the padded copy (``t + 2`` frames) exists, then the padded copy, ``carried``
-    frames and its output; the second conv the same beside the first one's output.
+    frames, its output and the backend's copies (:func:`_conv_copies`); the second conv the same beside the first
+    one's output.
     """
-    def block(c: int) -> int:
-        conv1 = (t + 2) * c + max(t * c, carried * c + t * c_out)
-        conv2 = t * c_out + (2 * t + 2 + carried) * c_out
+    def block(c: int) -> float:
+        conv1 = (t + 2) * c + max(t * c, carried * c + t * c_out + _conv_copies(c, c_out, t + 2, t))
+        conv2 = t * c_out + (2 * t + 2 + carried) * c_out + _conv_copies(c_out, c_out, t + 2, t)
         return max(conv1, conv2)
 
     first = t * c_in + block(c_in)
@@ -124,36 +137,51 @@ def _stack_peak(c_in: int, c_out: int, layers: int, t: int, carried: int) -> int
     return max(first, later)
 
 
-def activation_elements(config: VAEConfig, *, encode: bool, later_chunks: bool) -> float:
-    """Peak activation elements per frame pixel (input pixel for encode, output pixel for decode) of one sample.
+def _padded_share(size: tuple[int, int] | None, level: int) -> float:
+    """How much larger than the frame at downsampling level ``level`` (0: full resolution) a downsampler's input is
+    after its one-pixel padding right and bottom; 1 when the frame size is unknown."""
+    if size is None:
+        return 1.0
+    height, width = size[0] / 2**level, size[1] / 2**level
+    return (height + 1) * (width + 1) / (height * width)
+
+
+def activation_elements(config: VAEConfig, *, encode: bool, later_chunks: bool,
+                        size: tuple[int, int] | None = None) -> float:
+    """Peak activation elements per frame pixel (input pixel for encode, output pixel for decode) of one sample,
+    with the convolution backend's copies; ``size`` is the (height, width) in pixels of the frame or tile.
 
     The VAE works on one temporal chunk at a time, so the peak does not grow with the frame count (the outputs are
     added by :func:`estimate_bytes`); ``later_chunks`` says the call has chunks after the first, which hold 4 frames
     at full resolution instead of 1. The peak is the causal cache (the last 2 input frames of every causal conv,
-    alive from the first chunk to the last) plus the busiest conv: in a residual stack (:func:`_stack_peak`), a
-    down- or upsampler, or conv_out (conv_in, on 3 or 16 channels, is never the busiest). While a conv runs, the
-    slice that prefixes the carried frames keeps alive the 2 frames it replaces (later chunks) or, in the first
-    chunk, the conv's own input. Weights are not included; nor is the downsamplers' one-pixel padding (+0.5% at
-    64x64) or the decode input after ``post_quant_conv`` (0.25 per latent frame).
+    alive from the first chunk to the last; the downsamplers' inputs are one pixel wider and higher) plus the
+    busiest conv: in a residual stack (:func:`_stack_peak`), a down- or upsampler, or conv_out (conv_in, on 3 or
+    16 channels, is never the busiest), each with the backend's copies of its input and output
+    (:func:`_conv_copies`). While a conv runs, the slice that prefixes the carried frames keeps alive the 2 frames
+    it replaces (later chunks) or, in the first chunk, the conv's own input. Weights are not included, nor is the
+    decode input after ``post_quant_conv`` (0.25 per latent frame).
 
-    Read from ``vae.py`` and checked with the tracker of ``bench/vae_memory.py`` (bf16 and fp32 count alike, linear
-    in H*W; decode of 2 latent frames at 64x64 px, encode of 5 frames at 64x64), measured / this formula:
+    Checked with ``bench/vae_memory.py`` (bench/README.md, section 6). Without the backend's copies this is what
+    the tensor tracker counts, to 0.1% (bf16 and fp32 alike, linear in H*W); for the config below, decode of 2
+    latent frames at 64x64 px and encode of 5 frames at 64x64, measured / this formula without the copies:
 
     ====================================  ===============  ===============
     block_out_channels, layers_per_block  decode           encode
     ====================================  ===============  ===============
-    [128, 256, 512, 512], 2 (V5.1)        7908 / 7904.5    5391 / 5366
-    [64, 256, 512, 512], 2                7140 / 7136.5    3179 / 3158
-    [128, 256, 512, 512], 1               6948 / 6944.5    3919 / 3894
-    [128, 256, 512, 512], 3               8868 / 8864.5    6351 / 6326
-    [128, 128, 512, 512], 2               6564 / 6560.5    5115 / 5094
-    [128, 256, 256, 256], 2               7348 / 7344.5    5187 / 5166
+    [128, 256, 512, 512], 2 (V5.1)        7908 / 7904.5    5391 / 5390.5
+    [64, 256, 512, 512], 2                7140 / 7136.5    3179 / 3182.5
+    [128, 256, 512, 512], 1               6948 / 6944.5    3919 / 3918.5
+    [128, 256, 512, 512], 3               8868 / 8864.5    6351 / 6350.5
+    [128, 128, 512, 512], 2               6564 / 6560.5    5115 / 5118.5
+    [128, 256, 256, 256], 2               7348 / 7344.5    5187 / 5190.5
     ====================================  ===============  ===============
 
     V5.1 decode: cache 4320.5 plus the last up block, 14 * 256 (= 4 * 256 + 20 * 128), so it grows with
     block_out_channels[0] and [1], little with the deeper ones, and by 960 per layer (all of it cache). V5.1 encode:
-    cache 2294 plus the first down block, 24 * 128, so it grows with block_out_channels[0] and by 960 per layer from
-    2 layers on. The rest of decode's measurement is the first chunk's output (3), of encode's the padding.
+    cache 2294 (2318.5 at 64x64 with the padding) plus the first down block, 24 * 128, so it grows with
+    block_out_channels[0] and by 960 per layer from 2 layers on. The backend's copies add 2048 (decode: the first
+    conv of the last up block, 6 * 256 + 4 * 128) and 1280 (encode: 6 * 128 + 4 * 128) at the same convs: on an
+    H200 the CUDA allocator's peak was this formula to 0.2%.
     """
     layers = config.layers_per_block
     sites: list[tuple[float, float]] = []  # (cache made up to a conv, the conv's own elements), in order
@@ -170,18 +198,21 @@ def activation_elements(config: VAEConfig, *, encode: bool, later_chunks: bool) 
             if i == len(chs) - 1:
                 break
             # downsampler, beside the block input and output: its padded copy (a temporal stride of 2 takes one
-            # carried frame less), the carried frames, its output at a quarter of the pixels
+            # carried frame less), the carried frames, its output at a quarter of the pixels, the backend's copies
             stride = 2 if kind == "SpatialTemporalDownBlock3D" else 1
             padded = t + 2 - (stride - 1 if later_chunks else 0)
             t_out = max(1, t // stride)
-            cache += 2 * pixels * c_out
-            sites.append((cache, pixels * (t * c_in + (t + padded + carried) * c_out + t_out * c_out / 4)))
+            pad = _padded_share(size, i)
+            cache += 2 * pixels * pad * c_out
+            sites.append((cache, pixels * (t * c_in + t * c_out + pad * (padded + carried) * c_out + t_out * c_out / 4
+                                           + _conv_copies(pad * c_out, c_out / 4, padded, t_out))))
             pixels, t = pixels / 4, t_out
         c, carried = chs[-1], 2 if later_chunks else t
         cache += 2 * pixels * 2 * layers * c  # mid block
         sites.append((cache, pixels * _stack_peak(c, c, layers, t, carried)))
         cache += 2 * pixels * c  # conv_out, to the moments
-        sites.append((cache, pixels * ((2 * t + 2 + carried) * c + 2 * config.latent_channels * t)))
+        moments = 2 * config.latent_channels
+        sites.append((cache, pixels * ((2 * t + 2 + carried) * c + moments * t + _conv_copies(c, moments, t + 2, t))))
     else:
         chs = tuple(reversed(config.block_out_channels))
         pixels = 1.0 / config.spatial_compression**2
@@ -197,15 +228,18 @@ def activation_elements(config: VAEConfig, *, encode: bool, later_chunks: bool) 
             if i == len(chs) - 1:
                 break
             # upsampler, beside the block input and output: at 4x the pixels the padded copy of its interpolated
-            # input, the carried frames and its output, then (temporal) the output beside its doubled copy
+            # input, the carried frames, its output and the backend's copies, then (temporal) the output beside its
+            # doubled copy
             doubles = later_chunks and kind == "SpatialTemporalUpBlock3D"
             cache += 2 * 4 * pixels * c_out
-            upsampled = max(2 * t + 2 + carried, 3 * t if doubles else 0)
-            sites.append((cache, pixels * ((t * c_in + t * c_out) + 4 * upsampled * c_out)))
+            upsampled = max((2 * t + 2 + carried) * c_out + _conv_copies(c_out, c_out, t + 2, t),
+                            3 * t * c_out if doubles else 0)
+            sites.append((cache, pixels * ((t * c_in + t * c_out) + 4 * upsampled)))
             pixels, t = 4 * pixels, 2 * t if doubles else t
         c, carried = chs[-1], 2 if later_chunks else t
         cache += 2 * c  # conv_out, to pixels
-        sites.append((cache, (2 * t + 2 + carried) * c + config.out_channels * t))
+        out = config.out_channels
+        sites.append((cache, (2 * t + 2 + carried) * c + out * t + _conv_copies(c, out, t + 2, t)))
     # Every cache entry exists from the first chunk on; within the first chunk only those made up to the conv.
     return max((cache if later_chunks else held) + own for held, own in sites)
 
@@ -219,10 +253,12 @@ def frame_size(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode
     return shape[-2] * c, shape[-1] * c
 
 
-def estimate_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode: bool, dtype: torch.dtype,
-                   tile_size: int | None = None) -> int:
-    """Peak bytes of activations and outputs of one ``encode`` of a video ``[B, 3, F, H, W]`` or ``decode`` of
-    latents ``[B, 16, T, h, w]`` in ``dtype``, in whole frames or tiles of ``tile_size`` pixels; weights excluded.
+def tensor_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode: bool, dtype: torch.dtype,
+                 tile_size: int | None = None) -> int:
+    """Peak bytes of the activations, outputs and convolution backend copies of one ``encode`` of a video
+    ``[B, 3, F, H, W]`` or ``decode`` of latents ``[B, 16, T, h, w]`` in ``dtype``, in whole frames or tiles of
+    ``tile_size`` pixels; weights excluded. What the CUDA allocator's allocated peak measures (to 0.6% on an H200);
+    :func:`estimate_bytes` adds what allocators hold beyond it.
     """
     batch, frames = shape[0], shape[2]
     c, step = config.spatial_compression, config.temporal_compression
@@ -231,20 +267,42 @@ def estimate_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, en
     # output elements per frame pixel: the moments [B, 32, T, h, w] of encode, the video [B, 3, F, H, W] of decode
     out = (2 * config.latent_channels * latent_frames / c**2 if encode
            else config.out_channels * (1 + step * (frames - 1)))
-    act = activation_elements(config, encode=encode, later_chunks=latent_frames > 1)
 
-    def whole(pixels: int) -> float:
+    def whole(size: tuple[int, int]) -> float:
         # the activations beside the outputs of the chunks before, then those beside their concatenation
-        return batch * pixels * max(act + out, 2 * out) * dtype.itemsize
+        act = activation_elements(config, encode=encode, later_chunks=latent_frames > 1, size=size)
+        return batch * size[0] * size[1] * max(act + out, 2 * out) * dtype.itemsize
 
     if tile_size is None or tile_size >= max(height, width):
-        return round(whole(height * width))
+        return round(whole((height, width)))
     tile = tile_size // c * c
-    tile_pixels = min(tile, height) * min(tile, width)
+    tile_frame = (min(tile, height), min(tile, width))
     accumulator = batch * height * width * out * 4  # run_tiled's fp32 sum of the weighted tiles
-    during = accumulator + whole(tile_pixels) + batch * tile_pixels * out * 4 * 2  # a tile's weighted fp32 copy
+    weighted = batch * tile_frame[0] * tile_frame[1] * out * 4 * 2  # a tile's weighted fp32 copy
+    during = accumulator + whole(tile_frame) + weighted
     end = 2 * accumulator + batch * height * width * out * dtype.itemsize  # the quotient by the weights, its cast
     return round(max(during, end))
+
+
+def estimate_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode: bool, dtype: torch.dtype,
+                   tile_size: int | None = None, device: torch.device | str | None = None) -> int:
+    """Upper bound of the memory one ``encode`` of a video ``[B, 3, F, H, W]`` or ``decode`` of latents
+    ``[B, 16, T, h, w]`` in ``dtype`` takes on ``device`` (None: a GPU) beyond the weights and the input, in whole
+    frames or tiles of ``tile_size`` pixels: :func:`tensor_bytes` times the allocator's overhead, plus
+    :data:`RUNTIME_BYTES`.
+
+    The factors are the largest measured ones (``bench/vae_memory.py``; bench/README.md, section 6), rounded up:
+    :data:`ALLOCATOR_HEADROOM` for the CUDA caching allocator's fragmentation (the least memory limit a call
+    succeeds under was up to 1.246 times :func:`tensor_bytes` on an H200) and for the peak RSS of whole-frame calls
+    on the CPU (up to 1.22 times beyond the runtime's set-up); :data:`HOST_TILES_HEADROOM` for tiled calls on the
+    CPU, where glibc keeps freed blocks of one tile in its heap while the next runs (up to 1.65 times).
+    """
+    tensors = tensor_bytes(config, shape, encode=encode, dtype=dtype, tile_size=tile_size)
+    height, width = frame_size(config, shape, encode=encode)
+    tiled = tile_size is not None and tile_size < max(height, width)
+    on_host = device is not None and torch.device(device).type == "cpu"
+    headroom = HOST_TILES_HEADROOM if tiled and on_host else ALLOCATOR_HEADROOM
+    return math.ceil(headroom * tensors) + RUNTIME_BYTES
 
 
 def plan_tile(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode: bool, dtype: torch.dtype,
@@ -256,14 +314,14 @@ def plan_tile(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, encode:
     if free is None:
         return None
     budget = MEMORY_MARGIN * free
-    whole = estimate_bytes(config, shape, encode=encode, dtype=dtype)
+    whole = estimate_bytes(config, shape, encode=encode, dtype=dtype, device=device)
     height, width = frame_size(config, shape, encode=encode)
     sizes = range((max(height, width) - 1) // TILE_STEP * TILE_STEP, MIN_AUTO_TILE - 1, -TILE_STEP)
     if whole <= budget or not sizes:
         return None
-    tile = next((s for s in sizes if estimate_bytes(config, shape, encode=encode, dtype=dtype, tile_size=s)
-                 <= budget), MIN_AUTO_TILE)
-    needed = estimate_bytes(config, shape, encode=encode, dtype=dtype, tile_size=tile)
+    tile = next((s for s in sizes if estimate_bytes(config, shape, encode=encode, dtype=dtype, tile_size=s,
+                                                    device=device) <= budget), MIN_AUTO_TILE)
+    needed = estimate_bytes(config, shape, encode=encode, dtype=dtype, tile_size=tile, device=device)
     logger.info("VAE %s of %dx%d frames (width x height): about %.2f GiB in whole frames, %.2f GiB free on %s "
                 "(%d%% usable): tiles of %d px (about %.2f GiB%s).", "encode" if encode else "decode", width,
                 height, whole / 2**30, free / 2**30, torch.device(device), round(MEMORY_MARGIN * 100), tile,
@@ -280,8 +338,9 @@ def _release(device: torch.device) -> None:
 
 def retry_smaller_tiles(attempt: Callable[[int | None], T], planned: int | None, frame: tuple[int, int], *,
                         what: str, device: torch.device | str) -> T:
-    """``attempt(planned)``; after an out-of-memory error, ``attempt`` again with tiles half the size (of the
-    planned tile, or of the frame's larger side for whole frames) down to :data:`MIN_AUTO_TILE` pixels.
+    """``attempt(planned)``; after an out-of-memory error (of the GPU, or a host allocation failure:
+    :func:`~.out_of_memory.is_out_of_memory`), ``attempt`` again with tiles half the size (of the planned tile, or of
+    the frame's larger side for whole frames) down to :data:`MIN_AUTO_TILE` pixels.
 
     ``frame`` is (height, width) in pixels and ``what`` "encode" or "decode", for the messages. Raises
     :class:`VAEOutOfMemoryError` when the smallest tile runs out of memory too.
@@ -291,7 +350,9 @@ def retry_smaller_tiles(attempt: Callable[[int | None], T], planned: int | None,
     while True:
         try:
             return attempt(tile)
-        except OutOfMemoryError as exc:
+        except (OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
         _release(device)
         tried = tile or max(frame)
