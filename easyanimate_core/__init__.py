@@ -10,6 +10,7 @@ from .loading import (
     load_vae,
 )
 from .safetensors_io import CorruptWeightsError
+from .samplers import SAMPLER_NAMES, SchedulerConfig
 from .scheduler import FlowMatchEulerScheduler, FlowSchedule
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -21,6 +22,8 @@ __all__ = [
     "FlowSchedule",
     "MagvitVAE",
     "ModelFormatError",
+    "SAMPLER_NAMES",
+    "SchedulerConfig",
     "TransformerConfig",
     "VAEConfig",
     "convert_transformer_key",

@@ -26,6 +26,7 @@ from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
 from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
+from .samplers import SAMPLER_NAMES
 from .video import check_fps
 
 logger = logging.getLogger("easyanimate_core")
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="how input images and videos of another aspect ratio fit width x height: crop (scale to "
                           "cover, keep the centre, as in training), pad (scale to fit, black borders), stretch")
     gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--sampler", choices=SAMPLER_NAMES, metavar="NAME",
+                     help="V5.1 (flow) models: 'Flow' (the released schedule, default), 'Flow UniPC', 'Flow DPM++'; "
+                          "V5 (DDPM-family) models: 'Euler', 'Euler A', 'DPM++', 'PNDM', 'DDIM' (default, as the "
+                          "official V5 workflows), built from the model's scheduler_config.json")
     gen.add_argument("--guidance", type=float, default=6.0)
     gen.add_argument("--guidance-rescale", type=float, default=0.0)
     gen.add_argument("--teacache", type=float, nargs="?", const=0.1, default=0.0, metavar="THRESHOLD",
@@ -182,6 +187,7 @@ def _request(args: argparse.Namespace):
     GenerationRequest(width=args.width, height=args.height, frames=args.frames, steps=args.steps,
                       guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
                       strength=args.strength, cfg_skip_ratio=args.cfg_skip_ratio, allow_rounding=args.round,
+                      sampler=args.sampler,
                       teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
                       ).checked_settings()
     media = dict(
@@ -197,7 +203,7 @@ def _request(args: argparse.Namespace):
         width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
         guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
         teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
-        cfg_skip_ratio=args.cfg_skip_ratio, resize=args.resize, **media,
+        cfg_skip_ratio=args.cfg_skip_ratio, resize=args.resize, sampler=args.sampler, **media,
         trajectory=_trajectory(args), camera=_camera_path(args), allow_rounding=args.round,
     ).checked()
 
@@ -254,6 +260,8 @@ def generate(args: argparse.Namespace) -> int:
             model_dir = write_demo_model(Path(scratch) / "demo", variant=variant, seed=0)
             logger.warning("Using the built-in tiny DEMO model (%s) with RANDOM weights: the video will be noise. "
                            "Pass --model PATH (or set EASYANIMATE_MODELS_DIR) for real weights.", variant)
+        scheduler = load_scheduler(model_dir)
+        sampler = scheduler.check_sampler(request.sampler, request.steps)  # before any weight is read
         started = time.perf_counter()
         placement = Placement(args.memory_mode, device, torch.device("cpu"), blocks_on_gpu=args.blocks_on_gpu)
         workload = Workload(request.width, request.height, request.frames)
@@ -274,20 +282,23 @@ def generate(args: argparse.Namespace) -> int:
                                            fp8="fp8_scaled" if args.fp8_matmul else placement.fp8,
                                            ops=dataclasses.replace(DEFAULT_OPS, attention=attention))
             vae = load_vae(model_dir, dtype=dtype, device=placement.resting_device)
-        scheduler = load_scheduler(model_dir)
-    logger.info("%s: %s at %dx%dx%d, %d steps, %s (models loaded in %.1f s)",
+    logger.info("%s: %s at %dx%dx%d, %d steps of %s, %s (models loaded in %.1f s)",
                 transformer.config.variant_description, request.mode, request.width, request.height, request.frames,
-                request.steps, args.memory_mode, time.perf_counter() - started)
+                request.steps, sampler, args.memory_mode, time.perf_counter() - started)
     started = time.perf_counter()
     with stage("VAE encode of the input images and videos", vae_tiles=True), placement.active(vae):
         prepared = prepare_inputs(transformer.config, vae, request)
     working = denoise_activation_bytes(transformer, prepared, prompt, negative)
     compiling = args.compile and _can_compile(args.memory_mode)
+
+    def on_step(step: int, total: int, _) -> None:
+        bar.total = total  # PNDM's schedule evaluates the model more often than the steps asked
+        bar.update(1)
+
     with (stage("sampling"), tqdm(total=request.steps, desc="sampling", unit="step") as bar,
           placement.active(transformer, working),
           compiled_blocks(transformer) if compiling else contextlib.nullcontext()):
-        latents = run_denoise(transformer, scheduler, prepared, prompt, negative,
-                              callback=lambda step, total, _: bar.update(1))
+        latents = run_denoise(transformer, scheduler, prepared, prompt, negative, callback=on_step)
     with stage("VAE decode", vae_tiles=True), placement.active(vae):
         frames = decode_latents(vae, latents, tile_size=args.tile_size or "auto")
     write_mp4(args.output, frames, fps=args.fps)

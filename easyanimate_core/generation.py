@@ -27,6 +27,7 @@ from .config import TransformerConfig
 from .memory import execution_device
 from .resize import DEFAULT_RESIZE, check_resize, fit_note
 from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
+from .samplers import SAMPLER_NAMES, SchedulerConfig
 from .scheduler import FlowMatchEulerScheduler
 from .teacache import TeaCacheOptions
 from .text_encoder import PromptEmbeddings
@@ -66,6 +67,7 @@ class GenerationRequest:
     teacache: TeaCacheOptions | None = None  # step caching (teacache.py); None or threshold 0: off
     cfg_skip_ratio: float = 0.0  # share of the last steps without the negative pass
     resize: str = DEFAULT_RESIZE  # how images and videos of another aspect ratio fit: crop, pad, stretch
+    sampler: str | None = None  # a name of samplers.SAMPLER_NAMES; None: the model's default (Flow for V5.1)
 
     @property
     def mode(self) -> str:
@@ -97,6 +99,8 @@ class GenerationRequest:
         check_seed(self.seed)
         check_workload(width, height, frames)
         check_resize(self.resize)
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLER_NAMES)}.")
         return replace(self, frames=frames, width=width, height=height)
 
     def checked(self) -> "GenerationRequest":
@@ -148,12 +152,15 @@ def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: Ma
 
 @dataclass(frozen=True)
 class PreparedInputs:
-    """What the denoise loop needs besides the models: the checked request, the noise and the conditioning."""
+    """What the denoise loop needs besides the models: the checked request, the noise and the conditioning, and
+    the state of the seeded generator after them (the noise of samplers that draw some per step continues it, as
+    one generator does in diffusers' pipelines)."""
 
     request: GenerationRequest
     noise: torch.Tensor
     conditioning: Conditioning
     clean_latents: torch.Tensor | None
+    generator_state: torch.Tensor | None = None
 
 
 def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: GenerationRequest) -> PreparedInputs:
@@ -165,7 +172,7 @@ def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: Generatio
     noise = initial_noise(latent_shape(request.frames, request.width, request.height), generator=generator)
     with torch.inference_mode():
         conditioning, clean = _conditioning(request, config, vae, generator)
-    return PreparedInputs(request, noise, conditioning, clean)
+    return PreparedInputs(request, noise, conditioning, clean, generator.get_state())
 
 
 def _states(prompt: PromptEmbeddings | torch.Tensor) -> torch.Tensor:
@@ -185,28 +192,35 @@ def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: Prep
 
 def run_denoise(
     transformer: EasyAnimateTransformer,
-    scheduler: FlowMatchEulerScheduler,
+    scheduler: SchedulerConfig | FlowMatchEulerScheduler,
     prepared: PreparedInputs,
     prompt: PromptEmbeddings | torch.Tensor,
     negative: PromptEmbeddings | torch.Tensor | None = None,
     *,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Scaled latents [1, 16, T, h, w]. Only the transformer needs to be on the compute device for this."""
+    """Scaled latents [1, 16, T, h, w] with the request's sampler of the model's scheduler config
+    (``loading.load_scheduler``). Only the transformer needs to be on the compute device for this."""
     request = prepared.request
+    sampler = SchedulerConfig.of(scheduler).build(request.sampler)
+    generator = torch.Generator(device="cpu")
+    if prepared.generator_state is not None:
+        generator.set_state(prepared.generator_state)
+    else:
+        generator.manual_seed(request.seed)
     with torch.inference_mode():
-        return denoise(transformer, scheduler, noise=prepared.noise, text=_states(prompt),
+        return denoise(transformer, sampler, noise=prepared.noise, text=_states(prompt),
                        negative_text=None if negative is None else _states(negative), steps=request.steps,
                        guidance=request.guidance, guidance_rescale=request.guidance_rescale,
                        strength=request.strength, clean_latents=prepared.clean_latents,
                        conditioning=prepared.conditioning, callback=callback, teacache=request.teacache,
-                       cfg_skip_ratio=request.cfg_skip_ratio)
+                       cfg_skip_ratio=request.cfg_skip_ratio, generator=generator)
 
 
 def sample_latents(
     transformer: EasyAnimateTransformer,
     vae: MagvitVAE,
-    scheduler: FlowMatchEulerScheduler,
+    scheduler: SchedulerConfig | FlowMatchEulerScheduler,
     request: GenerationRequest,
     prompt: PromptEmbeddings | torch.Tensor,
     negative: PromptEmbeddings | torch.Tensor | None = None,

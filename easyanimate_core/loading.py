@@ -25,6 +25,7 @@ from .fp8_matmul import ScaledFp8Linear
 from .memory import FP8_DTYPES, check_fp8_kind, store_in_fp8
 from .ops import DEFAULT_OPS, LayerOps
 from .safetensors_io import TensorEntry, read_header, read_tensors
+from .samplers import SchedulerConfig
 from .scheduler import FlowMatchEulerScheduler
 from .transformer import EasyAnimateTransformer
 from .vae import MagvitVAE
@@ -243,7 +244,7 @@ def inspect_model(path: str | Path) -> TransformerConfig:
     _vae_config(resolve_component(path, "vae"))
     scheduler = _scheduler_file(path)
     if scheduler is not None:
-        FlowMatchEulerScheduler.from_config_dict(read_config_json(scheduler), source=str(scheduler))
+        SchedulerConfig.from_config_dict(read_config_json(scheduler), source=str(scheduler))
     check_text_encoder(path)
     return config
 
@@ -303,13 +304,14 @@ def load_vae(
     return model.eval().requires_grad_(False)
 
 
-def load_scheduler(path: str | Path) -> FlowMatchEulerScheduler:
-    """The flow scheduler of a model folder (``scheduler/scheduler_config.json``); V5.1 defaults if absent."""
+def load_scheduler(path: str | Path) -> SchedulerConfig:
+    """The scheduler config of a model folder (``scheduler/scheduler_config.json``) and the samplers it allows;
+    V5.1 flow defaults if absent."""
     candidate = _scheduler_file(path)
     if candidate is not None:
-        return FlowMatchEulerScheduler.from_config_dict(read_config_json(candidate), source=str(candidate))
+        return SchedulerConfig.from_config_dict(read_config_json(candidate), source=str(candidate))
     logger.warning("No scheduler/scheduler_config.json in %s: using the EasyAnimate V5.1 flow defaults.", path)
-    return FlowMatchEulerScheduler()
+    return SchedulerConfig.of(FlowMatchEulerScheduler())
 
 
 def _scheduler_file(path: str | Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""The denoise loop: flow-matching Euler with classifier-free guidance (reference section 5.2).
+"""The denoise loop: any sampler of samplers.py with classifier-free guidance (reference section 5.2).
 
 CFG runs the negative and the positive prompt as one batch [negative, positive], with every conditioning tensor
 duplicated unchanged. ``callback(step, total, latents)`` runs after every step; if it raises (a cancel), the
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .scheduler import FlowMatchEulerScheduler
+from .samplers import as_stepper, set_timesteps, step_kwargs
 from .teacache import TeaCacheOptions
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def uses_guidance(guidance: float, negative_text: object | None) -> bool:
 
 def denoise(
     transformer: torch.nn.Module,
-    scheduler: FlowMatchEulerScheduler,
+    scheduler,
     *,
     noise: torch.Tensor,
     text: torch.Tensor,
@@ -73,38 +73,58 @@ def denoise(
     callback: StepCallback | None = None,
     teacache: TeaCacheOptions | None = None,
     cfg_skip_ratio: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` [1, 16, T, h, w] into scaled latents of the same shape.
 
-    ``text``/``negative_text`` are prompt embeddings [1, L, D]; without a negative (or with guidance <= 1) there is
-    no unconditional pass. ``strength`` < 1 starts from ``clean_latents`` noised to the first kept step
-    (video-to-video). ``teacache`` reuses the blocks' residual on steps whose input barely changed (teacache.py);
-    ``cfg_skip_ratio`` runs only the conditional pass on that share of the last steps (the guided prediction is
-    then the conditional one), as the official ``cfg_skip_ratio`` does.
+    ``scheduler`` is our exact flow Euler (:class:`FlowMatchEulerScheduler`), a :class:`~.samplers.SchedulerConfig`
+    (its default sampler) or a fresh diffusers scheduler object (:meth:`~.samplers.SchedulerConfig.build`), driven
+    as diffusers' pipelines drive it: ``set_timesteps``, ``init_noise_sigma``, ``scale_model_input`` and ``step``,
+    the timestep given to the transformer as the scheduler gives it; ``generator`` feeds the steps that draw noise
+    (Euler A). ``text``/``negative_text`` are prompt embeddings [1, L, D]; without a negative (or with guidance <= 1)
+    there is no unconditional pass. ``strength`` < 1 runs the last ``int(steps * strength)`` steps from
+    ``clean_latents`` noised to the first of them with the scheduler's ``add_noise`` (video-to-video). ``teacache``
+    reuses the blocks' residual on steps whose input barely changed (teacache.py); ``cfg_skip_ratio`` runs only the
+    conditional pass on that share of the last steps (the guided prediction is then the conditional one), as the
+    official ``cfg_skip_ratio`` does.
     """
     if not 0.0 <= cfg_skip_ratio <= 1.0:
         raise ValueError(f"cfg_skip_ratio = {cfg_skip_ratio!r}: expected a share of the steps from 0 to 1.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps = {steps!r}: expected an integer >= 1.")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength = {strength!r}: expected a value in (0, 1].")
     dtype, device = transformer.dtype, transformer.device
     use_cfg = uses_guidance(guidance, negative_text)
     if strength < 1.0 and clean_latents is None:
         raise ValueError(f"strength = {strength} needs the clean latents of an input video (clean_latents).")
     if clean_latents is not None and clean_latents.shape != noise.shape:
         raise ValueError(f"clean_latents have shape {tuple(clean_latents.shape)}, the noise {tuple(noise.shape)}.")
-    schedule = scheduler.schedule(steps, strength=strength, device=device)
+    scheduler = as_stepper(scheduler)
+    timesteps = _timesteps(scheduler, steps, strength, device)
+    if teacache is not None and teacache.threshold > 0 and len(set(timesteps.tolist())) < len(timesteps):
+        raise ValueError(f"TeaCache cannot run with {type(scheduler).__name__}: its schedule evaluates the model "
+                         f"more than once at the same timestep, and TeaCache tells steps apart by their timestep. "
+                         f"Set the TeaCache threshold to 0 or choose another sampler.")
     latents = noise.to(device=device, dtype=dtype)
     if strength < 1.0:
-        latents = scheduler.add_noise(clean_latents.to(device=device, dtype=dtype), latents, schedule.sigmas[0])
+        latents = scheduler.add_noise(clean_latents.to(device=device, dtype=dtype), latents, timesteps[:1])
+    elif scheduler.init_noise_sigma != 1.0:
+        latents = (latents.float() * scheduler.init_noise_sigma).to(dtype)
+    stepping = step_kwargs(scheduler, generator)
     states = torch.cat([negative_text, text]) if use_cfg else text
     states = states.to(device=device, dtype=dtype)
     extra = conditioning.batched(1, dtype, device)
-    step_cache = teacache.run(len(schedule), transformer.config) if teacache is not None else None
+    total = len(timesteps)
+    step_cache = teacache.run(total, transformer.config) if teacache is not None else None
     # The official rule: the last steps from step index steps * (1 - ratio) on run without the negative pass.
-    first_skipped = len(schedule) * (1.0 - cfg_skip_ratio) if cfg_skip_ratio > 0 else float("inf")
+    first_skipped = total * (1.0 - cfg_skip_ratio) if cfg_skip_ratio > 0 else float("inf")
     try:
-        for i, t in enumerate(schedule.timesteps):
+        for i, t in enumerate(timesteps):
             guided = use_cfg and i < first_skipped
             batch = 2 if guided else 1
-            prediction = transformer(latents.expand(batch, -1, -1, -1, -1), t.expand(batch),
+            model_input = scheduler.scale_model_input(latents, t)
+            prediction = transformer(model_input.expand(batch, -1, -1, -1, -1), t.expand(batch),
                                      states if guided else states[-1:],
                                      **{k: v.expand(batch, -1, -1, -1, -1) for k, v in extra.items()},
                                      **({"step_cache": step_cache} if step_cache is not None else {}))
@@ -113,11 +133,27 @@ def denoise(
                 prediction = uncond + guidance * (cond - uncond)
                 if guidance_rescale > 0.0:
                     prediction = rescale_guidance(prediction, cond, guidance_rescale)
-            latents = scheduler.step(prediction, schedule, i, latents)
+            latents = scheduler.step(prediction, t, latents, **stepping, return_dict=False)[0]
             if callback is not None:
-                callback(i + 1, len(schedule), latents)
+                callback(i + 1, total, latents)
     finally:
         if step_cache is not None:
             logger.info("%s", step_cache.summary())
         del step_cache  # its residuals are activation-sized: gone with the run, whatever ended it
     return latents
+
+
+def _timesteps(scheduler, steps: int, strength: float, device: torch.device) -> torch.Tensor:
+    """The timesteps to run, as diffusers' img2img pipelines take them: with ``strength`` < 1 the last
+    ``int(steps * strength)`` steps (times the scheduler's order), the scheduler told where it begins."""
+    set_timesteps(scheduler, steps, device)
+    start = steps - min(int(steps * strength), steps)
+    if start >= steps:
+        raise ValueError(f"strength = {strength} with {steps} steps leaves no step to run: "
+                         f"use a strength of at least {1.0 / steps:.3f} or more steps.")
+    if start == 0:
+        return scheduler.timesteps
+    begin = start * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]

@@ -38,8 +38,9 @@ class FlowMatchEulerScheduler:
         name = raw.get("_class_name", "FlowMatchEulerDiscreteScheduler")
         where = f" in {source}" if source else ""
         if name != "FlowMatchEulerDiscreteScheduler":
-            raise ValueError(f"scheduler _class_name = {name!r}{where}: EasyAnimate V5.1 uses "
-                             f"'FlowMatchEulerDiscreteScheduler' (V5 DDPM-family schedulers are not supported).")
+            raise ValueError(f"scheduler _class_name = {name!r}{where}: the exact flow Euler reads EasyAnimate V5.1's "
+                             f"'FlowMatchEulerDiscreteScheduler' only (samplers.SchedulerConfig reads V5's "
+                             f"DDPM-family configs).")
         values = {
             "num_train_timesteps": raw.get("num_train_timesteps", 1000),
             "shift": raw.get("shift", 3.0),
@@ -54,6 +55,11 @@ class FlowMatchEulerScheduler:
             raise ValueError(f"scheduler use_dynamic_shifting = {dynamic!r}{where}: expected true or false (a JSON "
                              f"boolean, without quotes).")
         return cls(**values)
+
+    @property
+    def effective_shift(self) -> float:
+        """The constant shift s of ``s * sigma / (1 + (s - 1) * sigma)`` this schedule applies (e with mu = 1)."""
+        return math.exp(self.mu) if self.use_dynamic_shifting else float(self.shift)
 
     def _shift(self, sigmas: torch.Tensor) -> torch.Tensor:
         if self.use_dynamic_shifting:

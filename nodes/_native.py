@@ -134,9 +134,10 @@ def _model_classes():
         latent_format = EasyAnimateLatentFormat
 
     class EasyAnimateModel(comfy.model_base.BaseModel):
-        """``diffusion_model`` is our transformer; ``easyanimate_scheduler`` the model folder's flow scheduler (for
-        EasyAnimate Sampler's exact reference loop); ``weight_budget`` bytes of weights ComfyUI may keep on the
-        device (None: as many as ComfyUI decides), for the sequential and block-swap memory modes."""
+        """``diffusion_model`` is our transformer; ``easyanimate_scheduler`` the model folder's scheduler config
+        (``samplers.SchedulerConfig``: the samplers EasyAnimate Sampler may use); ``weight_budget`` bytes of weights
+        ComfyUI may keep on the device (None: as many as ComfyUI decides), for the sequential and block-swap memory
+        modes."""
 
         def __init__(self, model_config, transformer, scheduler, weight_budget, device=None):
             super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)

@@ -1,5 +1,6 @@
 """EasyAnimate Sampler: the one-node path. MODEL + conditioning + optional images, videos, trajectory or camera ->
-LATENT, with the exact denoise loop of the reference (its schedule, CFG and bf16 latents between steps)."""
+LATENT, with the denoise loop of the reference (CFG and bf16 latents between steps) and the sampler chosen from the
+model's scheduler config (by default the exact released flow schedule)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_
 
 
 class EasyAnimateSampler:
-    DESCRIPTION = ("Generates video latents with the reference sampler. The mode follows from the inputs connected: "
+    DESCRIPTION = ("Generates video latents with the reference loop and the chosen sampler (Flow, the released "
+                   "schedule, by default). The mode follows from the inputs connected: "
                    "none (text-to-video), start/end image (image-to-video), input video (video-to-video), control "
                    "video, trajectory or camera. A model that cannot do the mode is refused before any work, naming "
                    "the model needed. KSampler with EasyAnimate Conditioning gives the same result with ComfyUI's "
@@ -22,6 +24,8 @@ class EasyAnimateSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..easyanimate_core.samplers import SAMPLER_NAMES
+
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From EasyAnimate Model Loader (or a LoRA loader)."}),
@@ -41,7 +45,12 @@ class EasyAnimateSampler:
                     "Share of the last steps run without the negative prompt (one pass instead of two; the "
                     "official option). 0 = off; 0.1-0.25 saves that share of half the work.")}),
             },
-            "optional": {**mode_input_types(), **resize_input_types()},
+            "optional": {**mode_input_types(), **resize_input_types(), "sampler": (list(SAMPLER_NAMES), {
+                "default": "Flow", "tooltip": (
+                    "V5.1 models: Flow (the released schedule, exact), Flow UniPC or Flow DPM++ (diffusers' "
+                    "multistep solvers on the same shifted flow sigmas). V5 models: Euler, Euler A, DPM++, PNDM or "
+                    "DDIM (the official V5 choice), built from the model's scheduler_config.json. A sampler of the "
+                    "other family is refused before any work.")})},
         }
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
@@ -61,10 +70,11 @@ class EasyAnimateSampler:
             input_video=optional.get("input_video"), control_video=optional.get("control_video"),
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"), cfg_skip_ratio=cfg_skip_ratio,
-            resize=optional.get("resize_mode", DEFAULT_RESIZE),
+            resize=optional.get("resize_mode", DEFAULT_RESIZE), sampler=optional.get("sampler", "Flow"),
             teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
         require_variant(transformer.config, request.mode)  # refused before any model moves
+        model.model.easyanimate_scheduler.check_sampler(request.sampler, request.steps)
         text = prompt_states(positive, "positive", transformer.config)
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):

@@ -43,7 +43,8 @@ SAMPLER_OPTIONAL = [("start_image", "IMAGE"), ("end_image", "IMAGE"), ("input_vi
 
 
 def sampler(strength: float = 1.0, steps: int = 50) -> Node:
-    return Node("EasyAnimateSampler", [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0, "crop"],
+    return Node("EasyAnimateSampler",
+                [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0, "crop", "Flow"],
                 inputs=[("model", "MODEL"), ("vae", "EASYANIMATE_VAE"), ("positive", "CONDITIONING"),
                         ("negative", "CONDITIONING"), *SAMPLER_OPTIONAL],
                 outputs=[("samples", "LATENT")], size=(340, 420))
