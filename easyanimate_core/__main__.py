@@ -22,7 +22,7 @@ import torch
 from .atomic_files import remove_stale
 from .attention_backends import ATTENTION_BACKENDS
 from .conditioning import VARIANTS_FOR_MODE, require_variant
-from .demo import DEMO_VARIANT_CHANNELS, write_demo_model
+from .demo import DEMO_V5_VARIANT_CHANNELS, DEMO_VARIANT_CHANNELS, DEMO_VERSIONS, write_demo_model
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
 from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
@@ -129,7 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("make-demo-model", help="write the tiny random demo model as a complete model folder")
     demo.add_argument("folder", type=Path)
-    demo.add_argument("--variant", choices=sorted(DEMO_VARIANT_CHANNELS), default="t2v")
+    demo.add_argument("--version", choices=DEMO_VERSIONS, default="5.1",
+                      help="5.1: Qwen2-VL text encoder and flow scheduler; 5: Bert + mT5 text encoders and a DDIM "
+                           "scheduler (default: 5.1)")
+    demo.add_argument("--variant", choices=sorted(set(DEMO_VARIANT_CHANNELS) | set(DEMO_V5_VARIANT_CHANNELS)),
+                      default="t2v", help=f"V5.1: {', '.join(DEMO_VARIANT_CHANNELS)}; V5: "
+                                          f"{', '.join(DEMO_V5_VARIANT_CHANNELS)} (default: t2v)")
 
     from .training.cli import add_parser as add_train_lora_parser
 
@@ -319,8 +324,8 @@ def _can_compile(memory_mode: str) -> bool:
 
 
 def make_demo_model(args: argparse.Namespace) -> int:
-    folder = write_demo_model(args.folder, variant=args.variant)
-    print(f"Wrote the tiny random demo model ({args.variant}) to {folder}")
+    folder = write_demo_model(args.folder, variant=args.variant, version=args.version)
+    print(f"Wrote the tiny random EasyAnimate V{args.version} demo model ({args.variant}) to {folder}")
     return 0
 
 

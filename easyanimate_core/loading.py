@@ -110,7 +110,7 @@ def _check_family(raw: dict, accepted: tuple[str, ...], config_path: Path, what:
     if name is not None and name not in accepted:
         raise ModelFormatError(
             f"{config_path} describes a {name!r}, not an EasyAnimate {what} ({' or '.join(accepted)}). "
-            f"This folder belongs to another model family: pick an EasyAnimate V5.1 model folder."
+            f"This folder belongs to another model family: pick an EasyAnimate V5 or V5.1 model folder."
         )
 
 
@@ -218,7 +218,11 @@ def read_into(model: nn.Module, entries: dict[str, TensorEntry], *, dtype, devic
 
 
 def _inspect_transformer(path: str | Path):
-    """(folder, weight files, tensor entries, layout, config) of a transformer; reads headers, no tensor data."""
+    """(folder, weight files, tensor entries, layout, config) of a transformer; reads headers, no tensor data.
+
+    A config without ``text_embed_dim_t5`` takes it from the weights: the width of ``text_proj_t5.weight``, or
+    null when there is none. The original class would default it to 4096 and build a T5 projection that a V5.1
+    checkpoint has no weights for and its pipeline never calls; V5 checkpoints carry the projection."""
     folder = resolve_component(path, "transformer")
     config_path = folder / "config.json"
     raw = read_config_json(config_path)
@@ -226,6 +230,9 @@ def _inspect_transformer(path: str | Path):
     files = weight_files(folder)
     headers = _headers(files)
     layout = detect_transformer_layout((e.name for e in headers), raw)
+    if "text_embed_dim_t5" not in raw:
+        t5_proj = next((e for e in headers if e.name == "text_proj_t5.weight" and len(e.shape) == 2), None)
+        raw = {**raw, "text_embed_dim_t5": None if t5_proj is None else t5_proj.shape[1]}
     return folder, files, headers, layout, transformer_config_from_dict(raw, layout, source=str(config_path))
 
 
@@ -236,17 +243,83 @@ def inspect_transformer(path: str | Path) -> TransformerConfig:
 
 
 def inspect_model(path: str | Path) -> TransformerConfig:
-    """Check every config of a model folder (transformer, VAE, scheduler, text encoder) and the transformer's
-    safetensors headers without reading a weight; the transformer config, for checking a request against it."""
+    """Check every config of a model folder (transformer, VAE, scheduler, text encoders) and the transformer's
+    safetensors headers without reading a weight; the transformer config (its ``family``, ``variant`` and
+    ``size_name`` describe the model), for checking a request against it. A folder whose transformer and text
+    encoders belong to different families (V5: Bert + mT5, V5.1: Qwen2-VL) is refused naming both."""
     from .text_encoder import check_text_encoder  # it builds on this module
 
     config = inspect_transformer(path)
+    check_model_family(path, config)
     _vae_config(resolve_component(path, "vae"))
     scheduler = _scheduler_file(path)
     if scheduler is not None:
         SchedulerConfig.from_config_dict(read_config_json(scheduler), source=str(scheduler))
-    check_text_encoder(path)
+    check_text_encoder(path, config)
     return config
+
+
+# text_encoder/config.json model_type -> the family that text encoder belongs to (reference sections 4.1 and 4.2).
+TEXT_ENCODER_FAMILIES = {"qwen2_vl": "V5.1", "bert": "V5"}
+T5_MODEL_TYPES = ("t5", "mt5")  # text_encoder_2/ of a V5 folder
+_ENCODERS_OF = {"V5.1": "a Qwen2-VL text encoder (EasyAnimate V5.1)",
+                "V5": "Bert + mT5 text encoders (EasyAnimate V5)"}
+
+
+def model_root(path: str | Path, component: str) -> Path:
+    """The model folder around ``component``: ``path`` itself, or its parent when ``path`` is that component."""
+    folder = resolve_component(path, component)
+    return folder.parent if folder.name == component else folder
+
+
+def text_encoder_family(path: str | Path) -> str:
+    """"V5.1" (``text_encoder/`` is Qwen2-VL) or "V5" (``text_encoder/`` is Bert, ``text_encoder_2/`` the mT5
+    encoder and ``tokenizer_2/`` its tokenizer), from the config files alone; a folder with the parts of both, or
+    a V5 folder missing its second encoder, is refused by name."""
+    folder = resolve_component(path, "text_encoder")
+    root = model_root(path, "text_encoder")
+    config_path = folder / "config.json"
+    model_type = read_config_json(config_path).get("model_type")
+    family = TEXT_ENCODER_FAMILIES.get(model_type)
+    if family is None:
+        raise ModelFormatError(
+            f"{config_path} describes a {model_type!r} model: an EasyAnimate text_encoder/ is Qwen2-VL (V5.1) or "
+            f"Bert with an mT5 encoder in text_encoder_2/ (V5). Download the text_encoder/ folder of the model again.")
+    second, second_tokenizer = root / "text_encoder_2", root / "tokenizer_2"
+    if family == "V5.1":
+        if second.exists():
+            raise ModelFormatError(
+                f"{root} mixes two EasyAnimate families: text_encoder/ is Qwen2-VL (V5.1) but {second} (V5's "
+                f"mT5 encoder) is there too. Keep the text encoders of one release: remove text_encoder_2/ and "
+                f"tokenizer_2/ from a V5.1 folder.")
+        return family
+    second_config = second / "config.json"
+    if not second_config.is_file() or not second_tokenizer.is_dir():
+        missing = second_config if not second_config.is_file() else second_tokenizer
+        raise ModelFormatError(
+            f"{config_path} is V5's Bert text encoder, which needs the mT5 encoder beside it: {missing} is "
+            f"missing. Download text_encoder_2/ and tokenizer_2/ of the EasyAnimate V5 model.")
+    t5_type = read_config_json(second_config).get("model_type")
+    if t5_type not in T5_MODEL_TYPES:
+        raise ModelFormatError(
+            f"{second_config} describes a {t5_type!r} model, not the mT5 encoder EasyAnimate V5 uses beside its "
+            f"Bert ({' or '.join(T5_MODEL_TYPES)}). Download the text_encoder_2/ folder of the model again.")
+    return family
+
+
+def check_model_family(path: str | Path, config: TransformerConfig) -> None:
+    """Refuse a model folder whose transformer and text encoders belong to different families, naming both."""
+    family = text_encoder_family(path)
+    if family == config.family:
+        return
+    transformer_config = resolve_component(path, "transformer") / "config.json"
+    why = (f"text_embed_dim_t5 = {config.text_embed_dim_t5}: it takes Bert + mT5 states" if config.family == "V5"
+           else "text_embed_dim_t5 = null: it takes Qwen2-VL states")
+    raise ModelFormatError(
+        f"{model_root(path, 'transformer')} mixes two EasyAnimate families: the transformer ({transformer_config}, "
+        f"{why}) is the {config.variant_description}, but {resolve_component(path, 'text_encoder')} holds "
+        f"{_ENCODERS_OF[family]}. Use the text encoders of the transformer's own release (download the complete "
+        f"model folder).")
 
 
 def load_transformer(

@@ -1,4 +1,5 @@
-"""Qwen2-VL prompt encoding as EasyAnimate V5.1 uses it (reference section 4.1), text tower only.
+"""Qwen2-VL prompt encoding as EasyAnimate V5.1 uses it (reference section 4.1), text tower only; the loaders
+here hand a V5 folder (Bert + mT5) to ``text_encoder_v5``.
 
 Each prompt becomes its own one-turn chat (the Qwen2-VL template inserts the default system turn), is right-padded
 to 256 tokens and run through the language model; the DiT takes the second-to-last hidden state, i.e. the output
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loading import ModelFormatError, read_into, resolve_component
+from .loading import ModelFormatError, read_into, resolve_component, text_encoder_family
 from .memory import check_fp8_kind, execution_device, store_weights_in
 from .ops import adopt_linears
 from .safetensors_io import read_header
@@ -36,10 +37,14 @@ _TEXT_PREFIXES = ("model.language_model.", "model.")  # transformers >= 5 layout
 
 @dataclass(frozen=True)
 class PromptEmbeddings:
-    """``states`` [B, 256, hidden] in the encoder dtype and ``mask`` [B, 256] (1 = real token)."""
+    """``states`` [B, L, hidden] in the encoder dtype and ``mask`` [B, L] (1 = real token): Qwen2-VL's (V5.1,
+    L = 256) or Bert's (V5). A V5 prompt also has ``states_t5`` [B, L5, d_model] and ``mask_t5`` [B, L5] of its
+    mT5 encoder; the transformer takes them as ``text_states_t5`` (V5 passes no mask anywhere)."""
 
     states: torch.Tensor
     mask: torch.Tensor
+    states_t5: torch.Tensor | None = None
+    mask_t5: torch.Tensor | None = None
 
 
 def released_position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -144,8 +149,14 @@ def _language_model(folder: Path, dtype: torch.dtype):
         raise _config_error(folder, exc) from exc
 
 
-def check_text_encoder(path: str | Path) -> None:
-    """Check a model folder's text encoder config by building the tower on the meta device: no weight is read."""
+def check_text_encoder(path: str | Path, config=None) -> None:
+    """Check a model folder's text encoder configs by building the towers on the meta device: no weight is read.
+    With the transformer's ``config``, a V5 folder's encoder widths are checked against it too."""
+    if text_encoder_family(path) == "V5":
+        from .text_encoder_v5 import check_v5_text_encoders
+
+        check_v5_text_encoders(path, config)
+        return
     _language_model(resolve_component(path, "text_encoder"), torch.float32)
 
 
@@ -159,7 +170,7 @@ def _language_model_config(folder: Path):
     if getattr(config, "model_type", None) != "qwen2_vl":
         raise ModelFormatError(
             f"{folder / 'config.json'} describes a {getattr(config, 'model_type', '?')!r} model, not Qwen2-VL: "
-            f"EasyAnimate V5.1 needs its Qwen2-VL text_encoder/ folder (V5's Bert/T5 encoders are not supported)."
+            f"EasyAnimate V5.1 needs its Qwen2-VL text_encoder/ folder (V5 folders hold Bert there)."
         )
     text_config = copy.deepcopy(config.text_config)
     if text_config.num_hidden_layers < 2:
@@ -173,11 +184,17 @@ def _language_model_config(folder: Path):
 def load_text_encoder(
     path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
     fp8: str | None = None,
-) -> QwenTextEncoder:
-    """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder.
+):
+    """Load the Qwen2-VL language tower (minus its last layer) and the tokenizer of a model folder; for a V5
+    folder, its Bert and mT5 encoders (:func:`.text_encoder_v5.load_v5_text_encoder`). Either encodes prompts to
+    :class:`PromptEmbeddings`.
 
     ``fp8`` ("qfloat8" or "fp8_cast", see :mod:`.memory`) stores the linear weights in fp8, each decoder layer
     converted as soon as it is read."""
+    if text_encoder_family(path) == "V5":
+        from .text_encoder_v5 import load_v5_text_encoder
+
+        return load_v5_text_encoder(path, dtype=dtype, device=device, fp8=fp8)
     try:
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
     except ImportError as exc:

@@ -83,8 +83,13 @@ def test_only_the_needed_part_of_qwen_is_loaded(model_dir):
 def test_a_text_encoder_of_another_family_is_refused(tmp_path):
     folder = tmp_path / "text_encoder"
     folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip_text_model", "hidden_size": 64}))
+    with pytest.raises(ModelFormatError, match="'clip_text_model' model: an EasyAnimate text_encoder/ is Qwen2-VL "
+                                               "\\(V5.1\\) or Bert with an mT5 encoder"):
+        load_text_encoder(tmp_path)
+    # Bert alone is half of a V5 folder (tests/test_v5_models.py loads whole ones).
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64}))
-    with pytest.raises(ModelFormatError, match="'bert' model, not Qwen2-VL"):
+    with pytest.raises(ModelFormatError, match="V5's Bert text encoder, which needs the mT5 encoder beside it"):
         load_text_encoder(tmp_path)
 
 

@@ -3,16 +3,26 @@
 Tolerances: fp32 tiny random models on the CPU. 1e-4 against diffusers' transformer (as tests/test_transformer.py:
 the same formulas, other GEMM shapes and op order); 1e-5 against the hand-written text projection (the same model
 blocks, only the projection written out); 1e-6 for the text encoders, which run the very transformers modules the
-reference runs (only the loading path differs).
+reference runs (only the loading path differs; block swap and offload: bit-exact); fp8_cast storage: relative
+error below 10% (3-bit mantissa weights).
 """
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 import torch
 from tiny_models import TINY_TRANSFORMER, diffusers_transformer, randomize_, save_original_layout, transformer_inputs
 
-from easyanimate_core import load_transformer, transformer_config_from_dict
+from easyanimate_core import (ModelFormatError, convert_transformer_state_dict, load_transformer,
+                              transformer_config_from_dict)
+from easyanimate_core.__main__ import main as cli_main
+from easyanimate_core.loading import inspect_model, inspect_transformer
+from easyanimate_core.memory import Placement
+from easyanimate_core.text_encoder import PromptEmbeddings, load_text_encoder
+from easyanimate_core.text_encoder_v5 import V5TextEncoder
 from easyanimate_core.transformer import EasyAnimateTransformer
 
 T5_DIM = 40
@@ -112,3 +122,233 @@ def test_original_layout_default_t5_width():
     config = transformer_config_from_dict({"text_embed_dim": 1024}, "original")
     assert config.text_embed_dim_t5 == 4096 and config.family == "V5"
     assert transformer_config_from_dict({"text_embed_dim_t5": None}, "original").family == "V5.1"
+
+
+# --- V5 folders: demo model, loading, text encoding ---------------------------------------------------------------
+
+PROMPTS = ["A cat walks on the grass, realistic style.", "扭曲的身体，肢体残缺", ""]
+
+
+@pytest.fixture(scope="module")
+def v5_demo(tmp_path_factory):
+    """V5 t2v demo folder written through the command line (make-demo-model --version 5)."""
+    folder = tmp_path_factory.mktemp("v5") / "EasyAnimateV5-demo"
+    assert cli_main(["make-demo-model", str(folder), "--version", "5", "--variant", "t2v"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def v51_demo(tmp_path_factory):
+    from easyanimate_core.demo import write_demo_model
+
+    return write_demo_model(tmp_path_factory.mktemp("v51") / "EasyAnimateV5.1-demo", variant="t2v")
+
+
+def test_demo_folder_has_the_released_v5_parts(v5_demo):
+    names = sorted(p.name for p in v5_demo.iterdir())
+    assert names == ["model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                     "transformer", "vae"]
+    assert json.loads((v5_demo / "text_encoder" / "config.json").read_text())["model_type"] == "bert"
+    assert json.loads((v5_demo / "text_encoder_2" / "config.json").read_text())["model_type"] == "mt5"
+    assert (v5_demo / "tokenizer" / "vocab.txt").is_file()
+    scheduler = json.loads((v5_demo / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["beta_schedule"] == "scaled_linear"
+
+
+@pytest.mark.parametrize("variant, channels", sorted(V5_VARIANTS.items()))
+def test_demo_variants_load_through_the_real_loader_and_inspection(tmp_path, variant, channels):
+    folder = tmp_path / variant
+    assert cli_main(["make-demo-model", str(folder), "--version", "5", "--variant", variant]) == 0
+    config = inspect_model(folder)
+    assert (config.family, config.variant, config.in_channels) == ("V5", variant, channels)
+    assert config.variant_description.startswith("EasyAnimate V5 2-layer ")
+    model = load_transformer(folder, dtype=torch.float32)
+    assert model.config == config and model.text_proj_t5 is not None
+
+
+def test_demo_refuses_a_variant_v5_does_not_have(tmp_path, caplog):
+    assert cli_main(["make-demo-model", str(tmp_path / "x"), "--version", "5", "--variant", "camera"]) == 2
+    assert "demo variant 'camera' for EasyAnimate V5" in caplog.text
+
+
+def _as_diffusers_layout(source, target):
+    """Copy a V5 folder with its transformer in the diffusers layout (keys and config fields)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    transformer = target / "transformer"
+    state = load_file(transformer / "diffusion_pytorch_model.safetensors")
+    save_file(convert_transformer_state_dict(state, "original", "diffusers"),
+              transformer / "diffusion_pytorch_model.safetensors")
+    config = json.loads((transformer / "config.json").read_text())
+    for field in ("ref_channels", "clip_channels", "swa_layers", "enable_clip_in_inpaint",
+                  "add_ref_latent_in_control_model"):
+        config.pop(field, None)
+    (transformer / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_both_layouts_of_a_v5_folder_load_the_same_model(v5_demo, tmp_path):
+    diffusers_folder = _as_diffusers_layout(v5_demo, tmp_path / "diffusers")
+    original = load_transformer(v5_demo, dtype=torch.float32)
+    converted = load_transformer(diffusers_folder, dtype=torch.float32)
+    assert inspect_model(diffusers_folder).family == "V5"
+    assert original.state_dict().keys() == converted.state_dict().keys()
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(tensor, converted.state_dict()[name]), name
+
+
+def test_t5_width_comes_from_the_weights_when_the_config_omits_it(v5_demo, v51_demo, tmp_path):
+    for source, expected in ((v5_demo, 48), (v51_demo, None)):
+        folder = tmp_path / source.name
+        shutil.copytree(source / "transformer", folder)
+        config = json.loads((folder / "config.json").read_text())
+        del config["text_embed_dim_t5"]  # the original class would default it to 4096
+        (folder / "config.json").write_text(json.dumps(config))
+        assert inspect_transformer(folder).text_embed_dim_t5 == expected
+
+
+def _reference_states(folder, prompts, attention_mask=False):
+    """transformers' BertModel / MT5EncoderModel called directly, tokenized as the reference pipeline does."""
+    from transformers import AutoTokenizer, BertModel, MT5EncoderModel
+
+    out = []
+    for model_class, encoder, tokenizer in ((BertModel, "text_encoder", "tokenizer"),
+                                            (MT5EncoderModel, "text_encoder_2", "tokenizer_2")):
+        tok = AutoTokenizer.from_pretrained(str(folder / tokenizer))
+        model = model_class.from_pretrained(str(folder / encoder)).eval()
+        batch = tok(prompts, padding="max_length", max_length=min(tok.model_max_length, 256), truncation=True,
+                    return_tensors="pt")
+        with torch.no_grad():
+            kwargs = {"attention_mask": batch["attention_mask"]} if attention_mask else {}
+            out.append(model(input_ids=batch["input_ids"], **kwargs).last_hidden_state)
+    return out
+
+
+def test_v5_prompt_encoding_matches_transformers_called_directly(v5_demo):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32)
+    assert isinstance(encoder, V5TextEncoder)
+    embeddings = encoder.encode(PROMPTS)
+    assert isinstance(embeddings, PromptEmbeddings)
+    # Bert: min(77, 256) tokens (HunyuanDiT's tokenizer says 77); mT5: min(256, 256).
+    assert embeddings.states.shape == (3, 77, 32) and embeddings.states_t5.shape == (3, 256, 48)
+    bert, t5 = _reference_states(v5_demo, PROMPTS)
+    torch.testing.assert_close(embeddings.states, bert, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(embeddings.states_t5, t5, atol=1e-6, rtol=1e-6)
+    # No attention mask reaches either encoder (enable_text_attention_mask false): with one, the states differ.
+    masked_bert, masked_t5 = _reference_states(v5_demo, PROMPTS, attention_mask=True)
+    assert (masked_bert - bert).abs().max() > 1e-3 and (masked_t5 - t5).abs().max() > 1e-3
+
+
+def test_long_prompts_are_truncated_to_each_tokenizer_length(v5_demo):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32)
+    (ids, mask), (ids_t5, mask_t5) = encoder.tokenize(["a cat walks " * 200])
+    assert ids.shape == (1, 77) and bool(mask.all()) and ids_t5.shape == (1, 256) and bool(mask_t5.all())
+    with pytest.raises(ValueError, match="expected a list of strings"):
+        encoder.tokenize("a cat")
+
+
+@pytest.mark.parametrize("mode", ["block_swap", "model_cpu_offload"])
+def test_v5_text_encoders_run_under_the_memory_modes(v5_demo, mode):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32)
+    expected = encoder.encode(PROMPTS)
+    with Placement(mode, torch.device("cpu"), torch.device("cpu")).active(encoder):
+        got = encoder.encode(PROMPTS)
+    torch.testing.assert_close(got.states, expected.states, atol=0, rtol=0)
+    torch.testing.assert_close(got.states_t5, expected.states_t5, atol=0, rtol=0)
+
+
+def test_fp8_cast_stores_the_encoder_linears_in_fp8(v5_demo):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32, fp8="fp8_cast")
+    bert_q = encoder.text_encoder.encoder.layer[0].attention.self.query
+    t5_block = encoder.text_encoder_2.encoder.block[0]
+    assert bert_q.weight.dtype == torch.float8_e4m3fn
+    assert t5_block.layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert t5_block.layer[1].DenseReluDense.wo.weight.dtype == torch.float32  # T5 casts its input to wo's dtype
+    assert encoder.text_encoder.embeddings.word_embeddings.weight.dtype == torch.float32
+    reference = load_text_encoder(v5_demo, dtype=torch.float32).encode(PROMPTS)
+    got = encoder.encode(PROMPTS)
+    # fp8 (3 mantissa bits) weights: a relative error of a few percent, nothing like a broken layer.
+    for a, b in ((got.states, reference.states), (got.states_t5, reference.states_t5)):
+        assert torch.isfinite(a).all()
+        assert ((a - b).norm() / b.norm()) < 0.1
+
+
+def test_v5_embeddings_drive_the_v5_transformer(v5_demo):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32)
+    model = load_transformer(v5_demo, dtype=torch.float32)
+    prompt = encoder.encode(PROMPTS[:1])
+    latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(latents, torch.tensor([500.0]), prompt.states, text_states_t5=prompt.states_t5)
+    assert out.shape == latents.shape and torch.isfinite(out).all()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def _mixed(tmp_path, transformer_from, rest_from):
+    folder = tmp_path / "mixed"
+    shutil.copytree(rest_from, folder)
+    shutil.rmtree(folder / "transformer")
+    shutil.copytree(transformer_from / "transformer", folder / "transformer")
+    return folder
+
+
+def test_v5_transformer_with_a_qwen_text_encoder_is_refused_naming_both(v5_demo, v51_demo, tmp_path):
+    folder = _mixed(tmp_path, v5_demo, v51_demo)
+    with pytest.raises(ModelFormatError) as error:
+        inspect_model(folder)
+    message = str(error.value)
+    assert "mixes two EasyAnimate families" in message
+    assert str(folder / "transformer" / "config.json") in message and "text_embed_dim_t5 = 48" in message
+    assert str(folder / "text_encoder") in message and "Qwen2-VL" in message
+
+
+def test_v51_transformer_with_bert_and_t5_is_refused_naming_both(v5_demo, v51_demo, tmp_path):
+    folder = _mixed(tmp_path, v51_demo, v5_demo)
+    with pytest.raises(ModelFormatError, match=r"mixes two EasyAnimate families: the transformer .*"
+                                               r"transformer/config.json, text_embed_dim_t5 = null.*EasyAnimate V5.1 "
+                                               r".* holds Bert \+ mT5 text encoders \(EasyAnimate V5\)"):
+        inspect_model(folder)
+
+
+def test_qwen_folder_with_a_stray_t5_encoder_is_refused(v5_demo, v51_demo, tmp_path):
+    folder = tmp_path / "stray"
+    shutil.copytree(v51_demo, folder)
+    shutil.copytree(v5_demo / "text_encoder_2", folder / "text_encoder_2")
+    for call in (inspect_model, load_text_encoder):
+        with pytest.raises(ModelFormatError, match="text_encoder/ is Qwen2-VL \\(V5.1\\) but .*text_encoder_2"):
+            call(folder)
+
+
+@pytest.mark.parametrize("missing", ["text_encoder_2", "tokenizer_2"])
+def test_v5_folder_without_its_second_encoder_is_refused(v5_demo, tmp_path, missing):
+    folder = tmp_path / "incomplete"
+    shutil.copytree(v5_demo, folder)
+    shutil.rmtree(folder / missing)
+    with pytest.raises(ModelFormatError, match=f"needs the mT5 encoder beside it: .*{missing}.* is missing"):
+        inspect_model(folder)
+
+
+def test_encoder_width_that_does_not_fit_the_transformer_is_refused(v5_demo, tmp_path):
+    folder = tmp_path / "wide"
+    shutil.copytree(v5_demo, folder)
+    config_path = folder / "text_encoder_2" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(d_model=64, d_kv=16)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"text_encoder_2/config.json gives 64-wide states but the "
+                                               r"transformer's text_embed_dim_t5 is 48"):
+        inspect_model(folder)
+
+
+def test_t5_weights_of_another_shape_are_named(v5_demo, tmp_path):
+    folder = tmp_path / "shape"
+    shutil.copytree(v5_demo, folder)
+    config_path = folder / "text_encoder_2" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(d_ff=64)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match=r"model.safetensors: tensor 'encoder.block.0.layer.1.DenseReluDense"):
+        load_text_encoder(folder, dtype=torch.float32)
