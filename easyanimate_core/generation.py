@@ -67,7 +67,7 @@ class GenerationRequest:
     teacache: TeaCacheOptions | None = None  # step caching (teacache.py); None or threshold 0: off
     cfg_skip_ratio: float = 0.0  # share of the last steps without the negative pass
     resize: str = DEFAULT_RESIZE  # how images and videos of another aspect ratio fit: crop, pad, stretch
-    sampler: str | None = None  # a name of samplers.SAMPLER_NAMES; None: the model's default (Flow for V5.1)
+    sampler: str | None = None  # one of samplers.SAMPLER_NAMES; None: the model's default (Flow V5.1, DDIM V5)
 
     @property
     def mode(self) -> str:
@@ -187,7 +187,13 @@ def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: Prep
     request = prepared.request
     batch = 2 if uses_guidance(request.guidance, negative) else 1
     cached = request.teacache is not None and request.teacache.threshold > 0
-    return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _states(prompt).shape[1], cached)
+    return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _text_tokens(prompt), cached)
+
+
+def _text_tokens(prompt: PromptEmbeddings | torch.Tensor) -> int:
+    """Text tokens in the transformer's joint sequence: V5 adds its mT5 tokens after the Bert tokens."""
+    t5 = prompt.states_t5 if isinstance(prompt, PromptEmbeddings) else None
+    return _states(prompt).shape[1] + (0 if t5 is None else t5.shape[1])
 
 
 def run_denoise(

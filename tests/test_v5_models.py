@@ -258,13 +258,18 @@ def test_v5_text_encoders_run_under_the_memory_modes(v5_demo, mode):
     torch.testing.assert_close(got.states_t5, expected.states_t5, atol=0, rtol=0)
 
 
-def test_fp8_cast_stores_the_encoder_linears_in_fp8(v5_demo):
-    encoder = load_text_encoder(v5_demo, dtype=torch.float32, fp8="fp8_cast")
-    bert_q = encoder.text_encoder.encoder.layer[0].attention.self.query
+def _in_fp8(layer) -> bool:
+    return type(layer).__name__ == "QLinear" or layer.weight.dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("kind", ["fp8_cast", "qfloat8"])
+def test_fp8_storage_of_the_encoder_linears(v5_demo, kind):
+    encoder = load_text_encoder(v5_demo, dtype=torch.float32, fp8=kind)
     t5_block = encoder.text_encoder_2.encoder.block[0]
-    assert bert_q.weight.dtype == torch.float8_e4m3fn
-    assert t5_block.layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
-    assert t5_block.layer[1].DenseReluDense.wo.weight.dtype == torch.float32  # T5 casts its input to wo's dtype
+    assert _in_fp8(encoder.text_encoder.encoder.layer[0].attention.self.query)
+    assert _in_fp8(encoder.text_encoder.encoder.layer[1].output.dense)
+    assert _in_fp8(t5_block.layer[0].SelfAttention.q) and _in_fp8(t5_block.layer[1].DenseReluDense.wi_0)
+    assert not _in_fp8(t5_block.layer[1].DenseReluDense.wo)  # T5 casts its input to wo's dtype
     assert encoder.text_encoder.embeddings.word_embeddings.weight.dtype == torch.float32
     reference = load_text_encoder(v5_demo, dtype=torch.float32).encode(PROMPTS)
     got = encoder.encode(PROMPTS)
@@ -352,3 +357,15 @@ def test_t5_weights_of_another_shape_are_named(v5_demo, tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelFormatError, match=r"model.safetensors: tensor 'encoder.block.0.layer.1.DenseReluDense"):
         load_text_encoder(folder, dtype=torch.float32)
+
+
+def test_activation_estimate_counts_both_text_streams(v5_demo):
+    from easyanimate_core.generation import GenerationRequest, PreparedInputs, denoise_activation_bytes
+    from easyanimate_core.sampling import Conditioning
+
+    model = load_transformer(v5_demo, dtype=torch.float32)
+    prompt = load_text_encoder(v5_demo, dtype=torch.float32).encode(PROMPTS[:1])
+    prepared = PreparedInputs(GenerationRequest(width=64, height=64, frames=5), torch.zeros(1, 16, 2, 8, 8),
+                              Conditioning(), None)
+    expected = model.activation_bytes((1, 16, 2, 8, 8), 77 + 256)
+    assert denoise_activation_bytes(model, prepared, prompt) == expected
