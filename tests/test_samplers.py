@@ -231,3 +231,38 @@ def test_the_cli_refuses_a_sampler_of_the_other_family_before_any_weight(tmp_pat
     assert "PNDMScheduler cannot make a schedule of 3 steps" in caplog.text
     assert isinstance(load_scheduler(folders["ddpm"]), SchedulerConfig)
     inspect_model(folders["ddpm"])  # a V5-style scheduler config passes the checks before loading
+
+
+# ------------------------------------------------------------------------------------------ EasyAnimate Sampler node
+@pytest.fixture(scope="module")
+def models_dir(folders):
+    """The comfyui fixture's models/EasyAnimate: the V5.1 demo and its copy with a V5-style DDIM config."""
+    return folders["flow"].parent
+
+
+def _node_sample(model_name, **options):
+    from conftest import load_pack
+
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+
+    def run(node_id, **inputs):
+        node = nodes[node_id]()
+        return getattr(node, node.FUNCTION)(**inputs)
+
+    model, text_encoder, vae, _ = run("EasyAnimateModelLoader", model=model_name, precision="fp32",
+                                      memory_mode="model_cpu_offload", blocks_on_gpu=-1, weight_dtype="default")
+    positive, negative = run("EasyAnimateTextEncode", text_encoder=text_encoder, prompt="a cat", negative_prompt="")
+    (latent,) = run("EasyAnimateSampler", model=model, vae=vae, positive=positive, negative=negative, width=48,
+                    height=32, frames=5, steps=4, guidance=6.0, seed=1, denoise_strength=1.0, teacache_threshold=0.0,
+                    teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0, **options)
+    return latent["samples"]
+
+
+def test_the_sampler_node_takes_a_sampler_of_the_model_family(comfyui):
+    default = _node_sample("flow")
+    assert torch.equal(_node_sample("flow", sampler="Flow"), default)  # saved workflows without the widget: Flow
+    assert not torch.equal(_node_sample("flow", sampler="Flow UniPC"), default)
+    assert torch.isfinite(_node_sample("ddpm", sampler="DDIM")).all()
+    with pytest.raises(ValueError, match="sampler 'Flow' does not fit a DDPM-family scheduler config .*DDIM"):
+        _node_sample("ddpm")
+    assert comfyui["progress"][-1][:2] == (4, 4)  # the refusal came before any VAE encode or step
