@@ -26,7 +26,7 @@ from .demo import DEMO_V5_VARIANT_CHANNELS, DEMO_VARIANT_CHANNELS, DEMO_VERSIONS
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
 from .resize import BASE_RESOLUTIONS, DEFAULT_RESIZE, RESIZE_MODES
-from .samplers import SAMPLER_NAMES
+from .samplers import sampler_name
 from .video import check_fps
 
 logger = logging.getLogger("easyanimate_core")
@@ -43,6 +43,13 @@ def _fps(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of frames per second above 0 "
                                          f"(the models were trained at 8)") from None
+
+
+def _sampler(text: str) -> str:
+    try:
+        return sampler_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _block_count(text: str) -> int | None:
@@ -79,10 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="how input images and videos of another aspect ratio fit width x height: crop (scale to "
                           "cover, keep the centre, as in training), pad (scale to fit, black borders), stretch")
     gen.add_argument("--steps", type=int, default=50)
-    gen.add_argument("--sampler", choices=SAMPLER_NAMES, metavar="NAME",
+    gen.add_argument("--sampler", type=_sampler, metavar="NAME",
                      help="V5.1 (flow) models: 'Flow' (the released schedule, default), 'Flow UniPC', 'Flow DPM++'; "
                           "V5 (DDPM-family) models: 'Euler', 'Euler A', 'DPM++', 'PNDM', 'DDIM' (default, as the "
-                          "official V5 workflows), built from the model's scheduler_config.json")
+                          "official V5 workflows), built from the model's scheduler_config.json; any case, '_' or "
+                          "'-' for spaces (ddim, euler_a)")
     gen.add_argument("--guidance", type=float, default=6.0)
     gen.add_argument("--guidance-rescale", type=float, default=0.0)
     gen.add_argument("--teacache", type=float, nargs="?", const=0.1, default=0.0, metavar="THRESHOLD",

@@ -190,6 +190,11 @@ def denoise_activation_bytes(transformer: EasyAnimateTransformer, prepared: Prep
     return transformer.activation_bytes((batch, *prepared.noise.shape[1:]), _text_tokens(prompt), cached)
 
 
+def _states_t5(prompt: PromptEmbeddings | torch.Tensor | None) -> torch.Tensor | None:
+    """A V5 prompt's mT5 states (None for V5.1 prompts and bare tensors)."""
+    return prompt.states_t5 if isinstance(prompt, PromptEmbeddings) else None
+
+
 def _text_tokens(prompt: PromptEmbeddings | torch.Tensor) -> int:
     """Text tokens in the transformer's joint sequence: V5 adds its mT5 tokens after the Bert tokens."""
     t5 = prompt.states_t5 if isinstance(prompt, PromptEmbeddings) else None
@@ -216,7 +221,8 @@ def run_denoise(
         generator.manual_seed(request.seed)
     with torch.inference_mode():
         return denoise(transformer, sampler, noise=prepared.noise, text=_states(prompt),
-                       negative_text=None if negative is None else _states(negative), steps=request.steps,
+                       negative_text=None if negative is None else _states(negative),
+                       text_t5=_states_t5(prompt), negative_text_t5=_states_t5(negative), steps=request.steps,
                        guidance=request.guidance, guidance_rescale=request.guidance_rescale,
                        strength=request.strength, clean_latents=prepared.clean_latents,
                        conditioning=prepared.conditioning, callback=callback, teacache=request.teacache,

@@ -40,6 +40,15 @@ _DDPM_BOOLEANS = ("clip_sample", "set_alpha_to_one", "skip_prk_steps", "threshol
 _DDPM_NUMBERS = ("beta_start", "beta_end")
 
 
+def sampler_name(text: str) -> str:
+    """The sampler named ``text`` in any case, with '_' or '-' for spaces ("ddim", "euler_a", "flow-unipc")."""
+    wanted = " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
+    for name in SAMPLER_NAMES:
+        if name.lower() == wanted:
+            return name
+    raise ValueError(f"sampler {text!r} is not one of {', '.join(SAMPLER_NAMES)}.")
+
+
 def _family_of(class_name: str, where: str) -> str:
     if class_name in FLOW_CLASSES:
         return "flow"

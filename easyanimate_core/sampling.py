@@ -74,6 +74,8 @@ def denoise(
     teacache: TeaCacheOptions | None = None,
     cfg_skip_ratio: float = 0.0,
     generator: torch.Generator | None = None,
+    text_t5: torch.Tensor | None = None,
+    negative_text_t5: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` [1, 16, T, h, w] into scaled latents of the same shape.
 
@@ -81,8 +83,9 @@ def denoise(
     (its default sampler) or a fresh diffusers scheduler object (:meth:`~.samplers.SchedulerConfig.build`), driven
     as diffusers' pipelines drive it: ``set_timesteps``, ``init_noise_sigma``, ``scale_model_input`` and ``step``,
     the timestep given to the transformer as the scheduler gives it; ``generator`` feeds the steps that draw noise
-    (Euler A). ``text``/``negative_text`` are prompt embeddings [1, L, D]; without a negative (or with guidance <= 1)
-    there is no unconditional pass. ``strength`` < 1 runs the last ``int(steps * strength)`` steps from
+    (Euler A). ``text``/``negative_text`` are prompt embeddings [1, L, D] (``text_t5``/``negative_text_t5`` a V5
+    prompt's mT5 states [1, L5, d_model], batched the same way); without a negative (or with guidance <= 1) there is
+    no unconditional pass. ``strength`` < 1 runs the last ``int(steps * strength)`` steps from
     ``clean_latents`` noised to the first of them with the scheduler's ``add_noise`` (video-to-video). ``teacache``
     reuses the blocks' residual on steps whose input barely changed (teacache.py); ``cfg_skip_ratio`` runs only the
     conditional pass on that share of the last steps (the guided prediction is then the conditional one), as the
@@ -114,6 +117,11 @@ def denoise(
     stepping = step_kwargs(scheduler, generator)
     states = torch.cat([negative_text, text]) if use_cfg else text
     states = states.to(device=device, dtype=dtype)
+    states_t5 = None
+    if text_t5 is not None:
+        if use_cfg and negative_text_t5 is None:
+            raise ValueError("a V5 negative prompt needs its mT5 states (negative_text_t5) beside the Bert states.")
+        states_t5 = (torch.cat([negative_text_t5, text_t5]) if use_cfg else text_t5).to(device=device, dtype=dtype)
     extra = conditioning.batched(1, dtype, device)
     total = len(timesteps)
     step_cache = teacache.run(total, transformer.config) if teacache is not None else None
@@ -127,6 +135,8 @@ def denoise(
             prediction = transformer(model_input.expand(batch, -1, -1, -1, -1), t.expand(batch),
                                      states if guided else states[-1:],
                                      **{k: v.expand(batch, -1, -1, -1, -1) for k, v in extra.items()},
+                                     **({"text_states_t5": states_t5 if guided else states_t5[-1:]}
+                                        if states_t5 is not None else {}),
                                      **({"step_cache": step_cache} if step_cache is not None else {}))
             if guided:
                 uncond, cond = prediction.chunk(2)

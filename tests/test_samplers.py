@@ -172,6 +172,33 @@ def test_teacache_and_cfg_skip_run_with_a_diffusers_sampler_and_pndm_refuses_tea
     assert len(pndm) == pndm[0] > 4  # PNDM's warm-up evaluates the model more often than the steps
 
 
+def test_a_v5_model_samples_with_its_mt5_states_batched_for_cfg_and_skipped_with_it():
+    torch.manual_seed(0)
+    model = EasyAnimateTransformer(demo_transformer_config("t2v", version="5"), dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(4)
+    noise = torch.randn(SHAPE, generator=gen)
+    bert, bert_negative = (torch.randn(1, 6, model.config.text_embed_dim, generator=gen) for _ in "ab")
+    t5, t5_negative = (torch.randn(1, 9, model.config.text_embed_dim_t5, generator=gen) for _ in "ab")
+    config = SchedulerConfig.from_config_dict({**DDIM_CONFIG, "prediction_type": "v_prediction"})
+    reference = diffusers.DDIMScheduler.from_config({**DDIM_CONFIG, "prediction_type": "v_prediction"})
+    reference.set_timesteps(4)
+    expected = noise.clone()
+    with torch.no_grad():
+        for i, t in enumerate(reference.timesteps):
+            if i < 3:  # cfg_skip_ratio 0.25: the last step runs the positive prompt alone
+                uncond, cond = (model(expected, t, b, text_states_t5=f) for b, f in ((bert_negative, t5_negative),
+                                                                                      (bert, t5)))
+                prediction = uncond + 6.0 * (cond - uncond)
+            else:
+                prediction = model(expected, t, bert, text_states_t5=t5)
+            expected = reference.step(prediction, t, expected).prev_sample
+    got = _ours(config.build("DDIM"), model, noise, bert, bert_negative, steps=4, guidance=6.0, text_t5=t5,
+                negative_text_t5=t5_negative, cfg_skip_ratio=0.25)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="negative prompt needs its mT5 states"):
+        _ours(config.build("DDIM"), model, noise, bert, bert_negative, steps=1, guidance=6.0, text_t5=t5)
+
+
 def test_a_sampler_of_the_other_family_and_an_unsupported_class_are_refused_by_name():
     flow, ddpm = SchedulerConfig.from_config_dict(FLOW_CONFIG), SchedulerConfig.from_config_dict(DDIM_CONFIG, "x.json")
     assert flow.samplers == FLOW_SAMPLERS and ddpm.default_sampler == "DDIM"
@@ -199,13 +226,14 @@ SMALL = ["--frames", "5", "--width", "48", "--height", "32", "--steps", "4", "--
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
+    """The V5.1 demo, its copy with a V5-style DDIM config (v prediction), and the V5 demo (Bert + mT5, DDIM)."""
     root = tmp_path_factory.mktemp("samplers")
     flow = write_demo_model(root / "flow", variant="t2v")
     ddpm = root / "ddpm"
     shutil.copytree(flow, ddpm)
     (ddpm / "scheduler" / "scheduler_config.json").write_text(json.dumps({**DDIM_CONFIG,
                                                                           "prediction_type": "v_prediction"}))
-    return {"flow": flow, "ddpm": ddpm}
+    return {"flow": flow, "ddpm": ddpm, "v5": write_demo_model(root / "v5", variant="t2v", version="5")}
 
 
 @pytest.mark.parametrize("family, name", [*(("flow", n) for n in FLOW_SAMPLERS),
@@ -219,7 +247,17 @@ def test_the_cli_runs_each_sampler(tmp_path, folders, family, name, caplog):
     assert f"4 steps of {name or 'DDIM'}" in caplog.text
 
 
-def test_the_cli_refuses_a_sampler_of_the_other_family_before_any_weight(tmp_path, folders, caplog, monkeypatch):
+@pytest.mark.parametrize("spelling, name", [("ddim", "DDIM"), ("euler_a", "Euler A"), ("dpm++", "DPM++"),
+                                            ("Euler", "Euler"), ("pndm", "PNDM")])
+def test_the_cli_runs_the_v5_demo_with_each_sampler_spelled_loosely(tmp_path, folders, spelling, name, caplog):
+    with caplog.at_level("INFO", logger="easyanimate_core"):
+        assert main(["generate", *SMALL, "--model", str(folders["v5"]), "--sampler", spelling,
+                     "--output", str(tmp_path / "x.mp4")]) == 0
+    assert f"4 steps of {name}" in caplog.text
+
+
+def test_the_cli_refuses_a_sampler_of_the_other_family_before_any_weight(tmp_path, folders, caplog, monkeypatch,
+                                                                         capsys):
     import easyanimate_core.text_encoder as text_encoder
 
     monkeypatch.setattr(text_encoder, "load_text_encoder", lambda *a, **k: pytest.fail("loaded a text encoder"))
@@ -229,6 +267,9 @@ def test_the_cli_refuses_a_sampler_of_the_other_family_before_any_weight(tmp_pat
     assert main(["generate", *SMALL, "--model", str(folders["ddpm"]), "--sampler", "PNDM", "--steps", "3",
                  "--output", str(tmp_path / "x.mp4")]) == 2
     assert "PNDMScheduler cannot make a schedule of 3 steps" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["generate", *SMALL, "--sampler", "heun"])
+    assert "sampler 'heun' is not one of Flow, Flow UniPC" in capsys.readouterr().err
     assert isinstance(load_scheduler(folders["ddpm"]), SchedulerConfig)
     inspect_model(folders["ddpm"])  # a V5-style scheduler config passes the checks before loading
 
