@@ -186,6 +186,7 @@ class ExactFlowEuler:
         return sample
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
+        # At the sigma where the run begins (set_begin_index), as diffusers' flow schedulers read it.
         return self.flow.add_noise(clean, noise, self.schedule.sigmas[self._index])
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = False):
