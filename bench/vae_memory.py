@@ -35,7 +35,7 @@ import torch
 from benchlib import PeakTracker
 
 from easyanimate_core import MagvitVAE, VAEConfig
-from easyanimate_core.vae_tiling import estimate_bytes
+from easyanimate_core.vae_tiling import estimate_bytes, tensor_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # (encode, frames, height, width, tile px or None): video frames and pixels of the frame
@@ -210,15 +210,17 @@ def main() -> None:
     for case in MEASURED_CUDA if device == "cuda" else MEASURED:
         encode, frames, height, width, tile = case
         x = vae_input(config, encode, frames, height, width, dtype, device)
-        estimate = estimate_bytes(config, x.shape, encode=encode, dtype=dtype, tile_size=tile)
+        tensors = tensor_bytes(config, x.shape, encode=encode, dtype=dtype, tile_size=tile)
+        estimate = estimate_bytes(config, x.shape, encode=encode, dtype=dtype, tile_size=tile, device=device)
         started = time.perf_counter()
         tracked = measured_peak(vae, x, encode=encode, tile_size=tile)
         row = ["encode" if encode else "decode", f"{frames}x{height}x{width}", tile or "-",
-               f"{estimate / 2**20:.1f}", f"{tracked / 2**20:.1f}", f"{estimate / tracked:.2f}"]
+               f"{tracked / 2**20:.1f}", f"{tensors / 2**20:.1f}", f"{estimate / 2**20:.1f}",
+               f"{estimate / tracked:.2f}"]
         if device == "cuda":
             allocated, reserved = cuda_peaks(vae, x, encode=encode, tile_size=tile)
             least = least_limit(vae, x, encode=encode, tile_size=tile, fails=allocated - 1, succeeds=reserved)
-            row += [f"{allocated / 2**20:.1f}", f"{estimate / allocated:.2f}", f"{reserved / 2**20:.1f}",
+            row += [f"{allocated / 2**20:.1f}", f"{tensors / allocated:.3f}", f"{reserved / 2**20:.1f}",
                     f"{least / 2**20:.1f}", f"{estimate / least:.2f}"]
         elif args.rss:
             rss = rss_in_fresh_process(case, args)
@@ -226,9 +228,10 @@ def main() -> None:
         rows.append(row)
         print(f"  {row} ({time.perf_counter() - started:.1f} s)", flush=True)
         del x
-    headers = ["call", "video FxHxW", "tile px", "estimate MiB", "tracked MiB", "estimate / tracked"]
+    headers = ["call", "video FxHxW", "tile px", "tracked MiB", "tensor_bytes MiB", "estimate MiB",
+               "estimate / tracked"]
     if device == "cuda":
-        headers += ["allocated MiB", "estimate / allocated", "reserved MiB", "least limit MiB",
+        headers += ["allocated MiB", "tensor_bytes / allocated", "reserved MiB", "least limit MiB",
                     "estimate / least limit"]
     elif args.rss:
         headers += ["RSS MiB", "estimate / RSS"]

@@ -168,20 +168,21 @@ def activation_elements(config: VAEConfig, *, encode: bool, later_chunks: bool,
     ====================================  ===============  ===============
     block_out_channels, layers_per_block  decode           encode
     ====================================  ===============  ===============
-    [128, 256, 512, 512], 2 (V5.1)        7908 / 7904.5    5391 / 5390.5
-    [64, 256, 512, 512], 2                7140 / 7136.5    3179 / 3182.5
-    [128, 256, 512, 512], 1               6948 / 6944.5    3919 / 3918.5
-    [128, 256, 512, 512], 3               8868 / 8864.5    6351 / 6350.5
-    [128, 128, 512, 512], 2               6564 / 6560.5    5115 / 5118.5
-    [128, 256, 256, 256], 2               7348 / 7344.5    5187 / 5190.5
+    [128, 256, 512, 512], 2 (V5.1)        7908 / 7904.5    5391 / 5390.4
+    [64, 256, 512, 512], 2                7140 / 7136.5    3179 / 3178.4
+    [128, 256, 512, 512], 1               6948 / 6944.5    3919 / 3918.4
+    [128, 256, 512, 512], 3               8868 / 8864.5    6351 / 6350.4
+    [128, 128, 512, 512], 2               6564 / 6560.5    5115 / 5114.4
+    [128, 256, 256, 256], 2               7348 / 7344.5    5187 / 5186.3
     ====================================  ===============  ===============
 
     V5.1 decode: cache 4320.5 plus the last up block, 14 * 256 (= 4 * 256 + 20 * 128), so it grows with
     block_out_channels[0] and [1], little with the deeper ones, and by 960 per layer (all of it cache). V5.1 encode:
-    cache 2294 (2318.5 at 64x64 with the padding) plus the first down block, 24 * 128, so it grows with
+    cache 2294 (2318.4 at 64x64 with the padding) plus the first down block, 24 * 128, so it grows with
     block_out_channels[0] and by 960 per layer from 2 layers on. The backend's copies add 2048 (decode: the first
     conv of the last up block, 6 * 256 + 4 * 128) and 1280 (encode: 6 * 128 + 4 * 128) at the same convs: on an
-    H200 the CUDA allocator's peak was this formula to 0.2%.
+    H200 the CUDA allocator's allocated peak of whole-frame calls of several latent frames was this formula to
+    0.6% (for a single frame the formula is 11% above it: it counts cache entries of convs that have not run).
     """
     layers = config.layers_per_block
     sites: list[tuple[float, float]] = []  # (cache made up to a conv, the conv's own elements), in order
@@ -257,8 +258,8 @@ def tensor_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, enco
                  tile_size: int | None = None) -> int:
     """Peak bytes of the activations, outputs and convolution backend copies of one ``encode`` of a video
     ``[B, 3, F, H, W]`` or ``decode`` of latents ``[B, 16, T, h, w]`` in ``dtype``, in whole frames or tiles of
-    ``tile_size`` pixels; weights excluded. What the CUDA allocator's allocated peak measures (to 0.6% on an H200);
-    :func:`estimate_bytes` adds what allocators hold beyond it.
+    ``tile_size`` pixels; weights excluded. What the CUDA allocator's allocated peak measures (on an H200 to 0.6%
+    in whole frames, 0 to 4% above it in tiles); :func:`estimate_bytes` adds what allocators hold beyond it.
     """
     batch, frames = shape[0], shape[2]
     c, step = config.spatial_compression, config.temporal_compression
@@ -294,7 +295,7 @@ def estimate_bytes(config: VAEConfig, shape: torch.Size | tuple[int, ...], *, en
     The factors are the largest measured ones (``bench/vae_memory.py``; bench/README.md, section 6), rounded up:
     :data:`ALLOCATOR_HEADROOM` for the CUDA caching allocator's fragmentation (the least memory limit a call
     succeeds under was up to 1.246 times :func:`tensor_bytes` on an H200) and for the peak RSS of whole-frame calls
-    on the CPU (up to 1.22 times beyond the runtime's set-up); :data:`HOST_TILES_HEADROOM` for tiled calls on the
+    on the CPU (up to 1.18 times beyond the runtime's 64 MiB); :data:`HOST_TILES_HEADROOM` for tiled calls on the
     CPU, where glibc keeps freed blocks of one tile in its heap while the next runs (up to 1.65 times).
     """
     tensors = tensor_bytes(config, shape, encode=encode, dtype=dtype, tile_size=tile_size)
