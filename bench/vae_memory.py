@@ -16,8 +16,8 @@ the values or, as measured, on the dtype):
 
 Then the estimate alone for the sizes users run on a GPU.
 
-    python bench/vae_memory.py                      # tracked, fp32: about 6 minutes on 2 CPU cores
-    python bench/vae_memory.py --rss                # and the RSS growth of each case: about 12 minutes
+    python bench/vae_memory.py                      # tracked, fp32: about 7 minutes on 2 CPU cores
+    python bench/vae_memory.py --rss                # and the RSS growth of each case: about 14 minutes
     python bench/vae_memory.py --device cuda        # bf16 on a GPU: allocator peaks at the sizes users run
 """
 
