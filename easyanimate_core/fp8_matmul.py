@@ -12,6 +12,8 @@ Inside ComfyUI the loader's ``weight_dtype = fp8_e4m3fn_fast`` is ComfyUI's own 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,20 @@ def scaled_mm_runs(x: torch.Tensor, layer: nn.Linear) -> bool:
     return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= _MIN_CAPABILITY
 
 
+def _quantize_input(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows` of the activations. On a GPU it runs as one fused kernel (compiled once, for any
+    number of rows): in eager PyTorch its fp32 temporaries cost twice the fp8 matmul they feed (H200, 12B shapes:
+    1.25 ms against 0.38 ms for 26208 x 3072 rows; fused 0.28 ms), which made eager fp8 slower than bf16."""
+    if rows.device.type != "cuda":
+        return quantize_rows(rows)
+    return _fused_quantize()(rows)
+
+
+@functools.cache
+def _fused_quantize():
+    return torch.compile(quantize_rows, dynamic=True)
+
+
 class ScaledFp8Linear(Linear):
     """A Linear of the default namespace that, once given a weight through :meth:`store_weight`, keeps it as fp8
     ``weight`` [out, in] with ``weight_scale`` [out, 1] (fp32) and multiplies in fp8. Before that (the layers kept
@@ -67,7 +83,7 @@ class ScaledFp8Linear(Linear):
         if not scaled_mm_runs(x, self):
             return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         rows = x.reshape(-1, self.in_features)  # [..., in] -> [M, in]
-        x_fp8, x_scales = quantize_rows(rows)
+        x_fp8, x_scales = _quantize_input(rows)
         # [M, in] fp8 @ [in, out] fp8 (the row-major weight, transposed: column-major as the kernel wants)
         out = torch._scaled_mm(x_fp8, self.weight.t(), scale_a=x_scales, scale_b=self.weight_scale.t(),
                                out_dtype=x.dtype)
