@@ -21,7 +21,7 @@ import torch
 
 from .atomic_files import remove_stale
 from .attention_backends import ATTENTION_BACKENDS
-from .conditioning import VARIANTS_FOR_MODE, require_variant
+from .conditioning import VARIANTS_FOR_MODE
 from .demo import DEMO_V5_VARIANT_CHANNELS, DEMO_VARIANT_CHANNELS, DEMO_VERSIONS, write_demo_model
 from .memory import MEMORY_MODES
 from .out_of_memory import OutOfMemoryPlan
@@ -249,7 +249,8 @@ def generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .attention_backends import select_attention
-    from .generation import decode_latents, denoise_activation_bytes, prepare_inputs, run_denoise
+    from .generation import (decode_latents, denoise_activation_bytes, prepare_inputs, require_model_for,
+                             run_denoise)
     from .loading import inspect_model, load_scheduler, load_transformer, load_vae
     from .memory import Placement
     from .ops import DEFAULT_OPS
@@ -265,7 +266,7 @@ def generate(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model_dir = _model_for(request.mode, args.model)
     if model_dir is not None:  # every config, and the mode against the variant: no weight read yet
-        require_variant(inspect_model(model_dir), request.mode)
+        require_model_for(inspect_model(model_dir), request)
     model_label = str(model_dir) if model_dir is not None else "the random demo model"
     with tempfile.TemporaryDirectory(prefix="easyanimate-demo-") as scratch:
         if model_dir is None:

@@ -42,11 +42,19 @@ _MODEL_NAMES = {
 }
 
 
+NO_REFERENCE_SLOT = ("a V5 Control model has no reference-image input (its channels are the latents and the control "
+                     "video only): disconnect the reference image, or load an EasyAnimate V5.1 Control model to use "
+                     "one.")
+
+
 def require_variant(config: TransformerConfig, mode: str) -> None:
     """Refuse a mode the loaded variant cannot do, before any work, naming the model that can."""
     if mode not in VARIANTS_FOR_MODE:
         raise ValueError(f"mode {mode!r}: expected one of {sorted(VARIANTS_FOR_MODE)}.")
     allowed = VARIANTS_FOR_MODE[mode]
+    if config.family == "V5" and mode in ("trajectory", "camera"):
+        raise ValueError(f"{mode} control is an EasyAnimate V5.1 feature and the loaded model is the "
+                         f"{config.variant_description}: load {_MODEL_NAMES[allowed[0]]}.")
     if config.variant not in allowed:
         raise ValueError(f"{mode} needs {_MODEL_NAMES[allowed[0]]}; the loaded model is the "
                          f"{config.variant_description}. Load the right model folder.")
@@ -144,7 +152,7 @@ def image_to_video_inputs(
     return video, keep
 
 
-def reference_slot(vae: MagvitVAE | None, reference: torch.Tensor | None, *, frames: int, width: int,
+def _reference_latents(vae: MagvitVAE | None, reference: torch.Tensor | None, *, frames: int, width: int,
                    height: int, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
     """[1, 16, T, h, w]: the reference image's latent in frame 0 (when T > 1), zeros elsewhere."""
     t, h, w = latent_frames(frames), height // 8, width // 8
@@ -156,9 +164,13 @@ def reference_slot(vae: MagvitVAE | None, reference: torch.Tensor | None, *, fra
 
 def control_conditioning(
     vae: MagvitVAE, control: torch.Tensor | None, reference: torch.Tensor | None, *, frames: int, width: int,
-    height: int, resize: str = DEFAULT_RESIZE,
+    height: int, resize: str = DEFAULT_RESIZE, reference_slot: bool = True,
 ) -> Conditioning:
-    """Control channels from a control video (IMAGE [F', H, W, C]; canny, pose, depth, a trajectory render...)."""
+    """Control channels from a control video (IMAGE [F', H, W, C]; canny, pose, depth, a trajectory render...):
+    [1, 32, T, h, w] with the reference image's slot (V5.1), [1, 16, T, h, w] without (V5 Control, whose
+    ``reference_slot`` is False; a reference image is refused for it rather than silently dropped)."""
+    if not reference_slot and reference is not None:
+        raise ValueError(NO_REFERENCE_SLOT)
     t, h, w = latent_frames(frames), height // 8, width // 8
     if control is None:
         control_latents = torch.zeros(1, 16, t, h, w)
@@ -167,7 +179,9 @@ def control_conditioning(
             raise ValueError(f"the control video has {control.shape[0]} frames; the output needs {frames}: "
                              f"give a longer control video or ask for fewer frames.")
         control_latents = _encode(vae, frames_to_model(control[:frames], width, height, resize)).float().cpu()
-    ref = reference_slot(vae, reference, frames=frames, width=width, height=height, resize=resize)
+    if not reference_slot:
+        return Conditioning(control_latents=control_latents)
+    ref = _reference_latents(vae, reference, frames=frames, width=width, height=height, resize=resize)
     return Conditioning(control_latents=torch.cat([control_latents, ref], dim=1))
 
 
@@ -183,7 +197,7 @@ def camera_conditioning(
                          f"make the camera path {frames} frames long.")
     t, h, w = latent_frames(frames), height // 8, width // 8
     camera = camera_control_channels(plucker[:frames], t, h, w).float()
-    ref = reference_slot(vae, reference, frames=frames, width=width, height=height, resize=resize)
+    ref = _reference_latents(vae, reference, frames=frames, width=width, height=height, resize=resize)
     return Conditioning(control_latents=torch.cat([camera, ref], dim=1))
 
 

@@ -16,6 +16,7 @@ import torch
 from .camera import CameraPath, fit_to_frames, plucker_embedding
 from .checks import check_seed, check_workload, finite_number, whole_number
 from .conditioning import (
+    NO_REFERENCE_SLOT,
     camera_conditioning,
     control_conditioning,
     image_to_video_inputs,
@@ -147,7 +148,8 @@ def _conditioning(request: GenerationRequest, config: TransformerConfig, vae: Ma
     control = request.control_video
     if mode == "trajectory":
         control = render_trajectory_video(request.trajectory, request.frames, request.width, request.height)
-    return control_conditioning(vae, control, request.reference_image, **fit), None
+    return control_conditioning(vae, control, request.reference_image, reference_slot=config.family != "V5",
+                                **fit), None
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,19 @@ class PreparedInputs:
     generator_state: torch.Tensor | None = None
 
 
-def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: GenerationRequest) -> PreparedInputs:
-    """Check ``request`` against the model variant (before any work), then draw the noise and encode the inputs
-    with the VAE. Only the VAE needs to be on the compute device for this."""
-    request = request.checked()
+def require_model_for(config: TransformerConfig, request: GenerationRequest) -> None:
+    """Refuse a request the model cannot take, naming the model that can: the mode against the variant, and a
+    reference image for a V5 Control model (it has no slot for one). Needs only the config: no weight is read."""
     require_variant(config, request.mode)
+    if request.mode == "control" and config.family == "V5" and request.reference_image is not None:
+        raise ValueError(NO_REFERENCE_SLOT)
+
+
+def prepare_inputs(config: TransformerConfig, vae: MagvitVAE, request: GenerationRequest) -> PreparedInputs:
+    """Check ``request`` against the model (before any work), then draw the noise and encode the inputs with the
+    VAE. Only the VAE needs to be on the compute device for this."""
+    request = request.checked()
+    require_model_for(config, request)
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
     noise = initial_noise(latent_shape(request.frames, request.width, request.height), generator=generator)
     with torch.inference_mode():

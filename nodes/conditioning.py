@@ -46,8 +46,8 @@ class EasyAnimateConditioning:
         import node_helpers
         import torch
 
-        from ..easyanimate_core.conditioning import encode_progress, require_variant
-        from ..easyanimate_core.generation import GenerationRequest, prepare_inputs
+        from ..easyanimate_core.conditioning import encode_progress
+        from ..easyanimate_core.generation import GenerationRequest, prepare_inputs, require_model_for
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, memory_stage, require_easyanimate
 
@@ -60,7 +60,7 @@ class EasyAnimateConditioning:
             trajectory=optional.get("trajectory"), camera=optional.get("camera"),
             resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
-        require_variant(config, request.mode)  # before the VAE moves
+        require_model_for(config, request)  # before the VAE moves
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
             with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):

@@ -55,9 +55,9 @@ class EasyAnimateSampler:
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
                teacache_threshold, teacache_start_steps, teacache_end_steps, cfg_skip_ratio, **optional):
-        from ..easyanimate_core.conditioning import encode_progress, require_variant
+        from ..easyanimate_core.conditioning import encode_progress
         from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
-                                                   run_denoise)
+                                                   require_model_for, run_denoise)
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.teacache import TeaCacheOptions
         from ._native import component, load_on_device, memory_stage, prompt_states, require_easyanimate
@@ -73,7 +73,7 @@ class EasyAnimateSampler:
             resize=optional.get("resize_mode", DEFAULT_RESIZE), sampler=optional.get("sampler", "Flow"),
             teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
-        require_variant(transformer.config, request.mode)  # refused before any model moves
+        require_model_for(transformer.config, request)  # refused before any model moves
         model.model.easyanimate_scheduler.check_sampler(request.sampler, request.steps)
         text = prompt_states(positive, "positive", transformer.config)
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
