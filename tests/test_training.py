@@ -489,6 +489,9 @@ def test_control_models_and_bad_options_are_refused_with_a_reason(metadata, demo
     with pytest.raises(ValueError, match="Control.*Train on the T2V or InP model") as refused:
         train(_config(metadata, control, workdir / "control"))
     assert "12B" not in str(refused.value) and "V5.1 2-layer Control" in str(refused.value)  # its real size
+    v5 = write_demo_model(workdir / "demo-v5", variant="t2v", seed=0, version="5")
+    with pytest.raises(ValueError, match="V5 2-layer text-to-video model: LoRA training supports the V5.1 models"):
+        train(_config(metadata, v5, workdir / "v5"))
     with pytest.raises(ValueError, match="fp8 base weights compute in bf16"):
         train(_config(metadata, demo, workdir / "fp8", fp8_base=True))
     with pytest.raises(ValueError, match="frames = 6"):

@@ -76,6 +76,10 @@ def _model_folder(config: TrainingConfig, accelerator) -> Path:
 
 def _variant(model_dir: Path) -> TransformerConfig:
     variant = inspect_transformer(model_dir)  # variant and size, as the loader node and the CLI see them
+    if variant.family == "V5":
+        raise ValueError(f"{model_dir} is an {variant.variant_description}: LoRA training supports the V5.1 models "
+                         f"only for now (V5 trains against its DDPM scheduler's epsilon or v target with Bert and "
+                         f"mT5 captions, which this trainer does not build yet). Train on an EasyAnimate V5.1 model.")
     if variant.variant not in ("t2v", "inp"):
         raise ValueError(f"{model_dir} is a {variant.variant_description}: LoRA training needs control videos that "
                          f"this trainer does not read. Train on the T2V or InP model of the same size; the LoRA "
