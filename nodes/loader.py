@@ -77,7 +77,11 @@ class EasyAnimateModelLoader:
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode {memory_mode!r}: expected one of {MEMORY_MODES}.")
         folder = folders[model]
-        inspect_model(folder)  # every config checked before a weight is read
+        inspected = inspect_model(folder)  # every config checked before a weight is read
+        if inspected.family == "V5":
+            raise ValueError(f"{folder.name} is an {inspected.variant_description}: V5 models run from the command "
+                             f"line for now (python -m easyanimate_core generate --model {folder} --sampler DDIM "
+                             f"...); in ComfyUI load an EasyAnimate V5.1 model.")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
         offload = _native.offload_device()
         vae_dtype = dtype
