@@ -1,14 +1,16 @@
 """EasyAnimate as a native ComfyUI model: the ModelPatcher / model_base glue (DESIGN.md section 6).
 
 The transformer is our core's, built through a namespace of ``comfy.ops`` layers and ComfyUI's optimized attention,
-inside a ``comfy.model_base.BaseModel`` with a 16-channel 3D latent format (the VAE's scaling factor) and flow model
-sampling equal to the released schedule (shift e, multiplier 1000). A ``ModelPatcher`` holds it, so ComfyUI
-counts, moves and evicts its weights, applies LoRAs as weight patches, and its samplers, TorchCompileModel,
-EasyCache and ModelSamplingSD3 work on it. The text encoder and the VAE are ModelPatchers too.
+inside a ``comfy.model_base.BaseModel`` with a 16-channel 3D latent format (the VAE's scaling factor) and the model
+sampling of the folder's scheduler config: for V5.1 flow sampling equal to the released schedule (shift e,
+multiplier 1000), for V5 ComfyUI's discrete DDPM sampling (epsilon or v) with the file's betas. A ``ModelPatcher``
+holds it, so ComfyUI counts, moves and evicts its weights, applies LoRAs as weight patches, and its samplers,
+TorchCompileModel, EasyCache and ModelSamplingSD3 work on it. The text encoder and the VAE are ModelPatchers too.
 
 The variant channels reach the model through the conditioning: EasyAnimate Conditioning stores the InP or control
 latents (model space, batch 1) under :data:`INPAINT_KEY` / :data:`CONTROL_KEY` in each conditioning entry, and
-:meth:`EasyAnimateModel.extra_conds` hands them to the transformer.
+:meth:`EasyAnimateModel.extra_conds` hands them to the transformer. A V5 prompt's mT5 states travel the same way,
+under :data:`TEXT_T5_KEY`, set by EasyAnimate Text Encode.
 
 Every function imports ComfyUI inside: this module is only used when the nodes run in ComfyUI (or its tests).
 """
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 INPAINT_KEY = "easyanimate_inpaint_latents"
 CONTROL_KEY = "easyanimate_control_latents"
+# A V5 prompt's mT5 states [1, L5, d_model] beside its Bert states (the conditioning's tensor), set by EasyAnimate
+# Text Encode; ``extra_conds`` hands them to the transformer as ``text_states_t5``.
+TEXT_T5_KEY = "easyanimate_text_t5"
 TEACACHE_KEY = "easyanimate_teacache"  # transformer_options: the TeaCacheOptions, then the run's TeaCache
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")  # as ComfyUI's UNETLoader offers them
 _FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -91,7 +96,7 @@ def _native_transformer_class():
             return self.load_device if self.load_device is not None else super().device
 
         def forward(self, x, timestep, context, control=None, transformer_options=None, inpaint_latents=None,
-                    control_latents=None, step_cache=None, **kwargs):
+                    control_latents=None, step_cache=None, text_states_t5=None, **kwargs):
             transformer_options = transformer_options if transformer_options is not None else {}
             cache_key = None
             if step_cache is None:  # in ComfyUI's samplers: the run's cache of EasyAnimate TeaCache, if patched
@@ -99,13 +104,14 @@ def _native_transformer_class():
                 cache_key = tuple(transformer_options.get("cond_or_uncond", ())) or None
             wrappers = extension.get_all_wrappers(extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
             return extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
-                x, timestep, context, inpaint_latents, control_latents, step_cache, cache_key, transformer_options)
+                x, timestep, context, inpaint_latents, control_latents, step_cache, cache_key, transformer_options,
+                text_states_t5)
 
         def _forward(self, x, timestep, context, inpaint_latents, control_latents, step_cache, cache_key,
-                     transformer_options):
-            return EasyAnimateTransformer.forward(self, x, timestep, context, inpaint_latents=inpaint_latents,
-                                                  control_latents=control_latents, step_cache=step_cache,
-                                                  cache_key=cache_key)
+                     transformer_options, text_states_t5=None):
+            return EasyAnimateTransformer.forward(self, x, timestep, context, text_states_t5=text_states_t5,
+                                                  inpaint_latents=inpaint_latents, control_latents=control_latents,
+                                                  step_cache=step_cache, cache_key=cache_key)
 
     return NativeEasyAnimateTransformer
 
@@ -130,7 +136,7 @@ def _model_classes():
         unet_config = {"disable_unet_model_creation": True}
         unet_extra_config = {}
         # The released schedule: dynamic shifting with mu = 1, i.e. a constant shift of e, timesteps = 1000 sigma.
-        sampling_settings = {"shift": math.e, "multiplier": 1000}
+        sampling_settings = {"shift": math.e, "multiplier": 1000}  # V5.1; build() sets the folder's own
         latent_format = EasyAnimateLatentFormat
 
     class EasyAnimateModel(comfy.model_base.BaseModel):
@@ -140,7 +146,7 @@ def _model_classes():
         modes."""
 
         def __init__(self, model_config, transformer, scheduler, weight_budget, device=None):
-            super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+            super().__init__(model_config, model_type(scheduler), device=device)
             self.diffusion_model = transformer
             self.easyanimate_scheduler = scheduler
             self.weight_budget = weight_budget
@@ -159,11 +165,26 @@ def _model_classes():
                 out["inpaint_latents"] = comfy.conds.CONDNoiseShape(inpaint)
             if control is not None:
                 out["control_latents"] = comfy.conds.CONDNoiseShape(control)
+            states_t5 = check_text_t5(kwargs.get(TEXT_T5_KEY), config, "the conditioning")
+            if states_t5 is not None:  # [1, L5, d_model]; batched beside c_crossattn (equal lengths concatenate)
+                out["text_states_t5"] = comfy.conds.CONDRegular(states_t5)
             return out
 
+        def extra_conds_shapes(self, **kwargs):
+            shapes = {}
+            for key, value in (("c_crossattn", kwargs.get("cross_attn")), ("text_states_t5", kwargs.get(TEXT_T5_KEY))):
+                if isinstance(value, torch.Tensor):
+                    shapes[key] = list(value.shape)
+            return shapes
+
         def memory_required(self, input_shape, cond_shapes=None):
-            # Our counted activation peak of one forward; the text is 256 tokens for every prompt.
-            return self.diffusion_model.activation_bytes(tuple(input_shape), 256)
+            # Our counted activation peak of one forward with the prompts' text tokens (Bert + mT5 for V5); 256
+            # per text stream when ComfyUI gives no shapes (the length V5.1 and the released V5 tokenizers use).
+            tokens = 0
+            for key in ("c_crossattn", "text_states_t5")[: 1 if self.diffusion_model.config.family != "V5" else 2]:
+                lengths = [shape[1] for shape in (cond_shapes or {}).get(key, ()) if len(shape) > 1]
+                tokens += max(lengths, default=256)
+            return self.diffusion_model.activation_bytes(tuple(input_shape), tokens)
 
     class EasyAnimatePatcher(comfy.model_patcher.ModelPatcher):
         """A ModelPatcher that keeps at most the model's ``weight_budget`` bytes of weights on the device; the rest
@@ -181,6 +202,42 @@ def _model_classes():
     return EasyAnimateLatentFormat, EasyAnimateConfig, EasyAnimateModel, EasyAnimatePatcher
 
 
+# diffusers' beta_schedule names -> ComfyUI's (comfy make_beta_schedule): diffusers' "linear" spaces the betas
+# evenly (ComfyUI's "sqrt_linear"), its "scaled_linear" their square roots (ComfyUI's "linear", SD 1.x's schedule).
+_BETA_SCHEDULES = {"linear": "sqrt_linear", "scaled_linear": "linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
+
+
+def model_type(scheduler):
+    """ComfyUI's model type for a model folder's scheduler config (``samplers.SchedulerConfig``): flow for V5.1,
+    epsilon or v prediction (discrete DDPM sigmas) for V5, as its ``prediction_type`` says."""
+    import comfy.model_base
+
+    if scheduler.family == "flow":
+        return comfy.model_base.ModelType.FLOW
+    if scheduler.raw.get("prediction_type", "epsilon") == "v_prediction":
+        return comfy.model_base.ModelType.V_PREDICTION
+    return comfy.model_base.ModelType.EPS
+
+
+def sampling_settings(scheduler) -> dict:
+    """ComfyUI's ``sampling_settings`` for the scheduler config: the released flow schedule (shift e, timesteps
+    1000 sigma) for V5.1; for V5 the DDPM betas of its file (schedule, beta_start/end, num_train_timesteps, zero
+    terminal SNR), with diffusers' defaults where the file is silent, as ModelSamplingDiscrete builds them for
+    ComfyUI's SD-style models."""
+    if scheduler.family == "flow":
+        return {"shift": math.e, "multiplier": 1000}
+    raw, where = scheduler.raw, f" in {scheduler.source}" if scheduler.source else ""
+    schedule = raw.get("beta_schedule", "linear")
+    if schedule not in _BETA_SCHEDULES or raw.get("trained_betas") is not None:
+        given = "trained_betas" if raw.get("trained_betas") is not None else f"beta_schedule = {schedule!r}"
+        raise ValueError(f"scheduler {given}{where}: ComfyUI's model sampling builds the betas of "
+                         f"{', '.join(_BETA_SCHEDULES)} only. Use the scheduler_config.json that came with the "
+                         f"EasyAnimate V5 model.")
+    return {"beta_schedule": _BETA_SCHEDULES[schedule], "linear_start": raw.get("beta_start", 0.0001),
+            "linear_end": raw.get("beta_end", 0.02), "timesteps": raw.get("num_train_timesteps", 1000),
+            "zsnr": raw.get("rescale_betas_zero_snr", False)}
+
+
 def require_easyanimate(model, node: str) -> None:
     """Refuse a ComfyUI MODEL that holds no EasyAnimate transformer, naming what it holds."""
     base = getattr(model, "model", None)
@@ -189,20 +246,46 @@ def require_easyanimate(model, node: str) -> None:
                          f"{type(base).__name__ if base is not None else type(model).__name__}.")
 
 
-def prompt_states(conditioning, name: str, config) -> torch.Tensor:
-    """The text states [1, L, text_embed_dim] of a CONDITIONING from EasyAnimate Text Encode; anything else (another
-    text encoder's conditioning, several combined prompts) is refused by name."""
+def prompt_states(conditioning, name: str, config):
+    """The :class:`PromptEmbeddings` of a CONDITIONING from EasyAnimate Text Encode: its states [1, L,
+    text_embed_dim] and, for a V5 model, the mT5 states [1, L5, text_embed_dim_t5] under :data:`TEXT_T5_KEY`.
+    Anything else (another text encoder's conditioning, several combined prompts, the other family's prompt) is
+    refused by name."""
+    from ..easyanimate_core.text_encoder import PromptEmbeddings
+
     try:
-        states = conditioning[0][0]
-        ok = len(conditioning) == 1 and states.ndim == 3 and states.shape[0] == 1
+        states, extra = conditioning[0][0], conditioning[0][1]
+        ok = len(conditioning) == 1 and states.ndim == 3 and states.shape[0] == 1 and isinstance(extra, dict)
     except (TypeError, IndexError, AttributeError):
         ok = False
     if not ok or states.shape[2] != config.text_embed_dim:
         shape = tuple(states.shape) if ok else type(conditioning).__name__
         raise ValueError(f"the {name} conditioning ({shape}) is not one prompt from EasyAnimate Text Encode, which "
-                         f"gives [1, 256, {config.text_embed_dim}] states for the {config.variant_description}: "
-                         f"connect EasyAnimate Text Encode (no Conditioning Combine / Concat).")
-    return states
+                         f"gives [1, L, {config.text_embed_dim}] states for the {config.variant_description}: "
+                         f"connect EasyAnimate Text Encode on this model's text encoder (no Conditioning Combine / "
+                         f"Concat).")
+    states_t5 = check_text_t5(extra.get(TEXT_T5_KEY), config, f"the {name} conditioning")
+    ones = torch.ones(states.shape[:2], dtype=torch.long)  # the DiT takes no mask: every token attends
+    return PromptEmbeddings(states=states, mask=ones, states_t5=states_t5,
+                            mask_t5=None if states_t5 is None else torch.ones(states_t5.shape[:2], dtype=torch.long))
+
+
+def check_text_t5(states_t5, config, where: str):
+    """The mT5 states a V5 model needs beside the Bert states ([B, L5, text_embed_dim_t5]; None for V5.1, which
+    must get none), refused by name when missing, misshapen or given to a V5.1 model."""
+    if config.text_embed_dim_t5 is None:
+        if states_t5 is not None:
+            raise ValueError(f"{where} carries the mT5 states of an EasyAnimate V5 text encoder, but the model is "
+                             f"an {config.variant_description}: encode the prompt with this model's own text "
+                             f"encoder (EasyAnimate Text Encode on the same loader).")
+        return None
+    if not isinstance(states_t5, torch.Tensor) or states_t5.ndim != 3 or states_t5.shape[2] != config.text_embed_dim_t5:
+        got = "none" if states_t5 is None else (tuple(states_t5.shape) if isinstance(states_t5, torch.Tensor)
+                                                else type(states_t5).__name__)
+        raise ValueError(f"{where} has no mT5 states for the {config.variant_description} (got {got}; it needs "
+                         f"[1, L, {config.text_embed_dim_t5}] beside the Bert states): encode the prompt with "
+                         f"EasyAnimate Text Encode on this V5 model's text encoder.")
+    return states_t5
 
 
 def check_latent(samples, node: str) -> torch.Tensor:
@@ -264,6 +347,9 @@ def build(build_transformer, dtype: torch.dtype, weight_dtype: str, memory_mode:
     The high-precision layers the transformer names stay in ``dtype`` whatever ``weight_dtype`` says."""
     import comfy.model_management as mm
 
+    from ..easyanimate_core.samplers import SchedulerConfig
+
+    scheduler = SchedulerConfig.of(scheduler)  # a bare exact flow Euler (the benchmarks) is a flow config
     storage = storage_dtype(weight_dtype, memory_mode)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     fast = weight_dtype == "fp8_e4m3fn_fast"
@@ -273,6 +359,7 @@ def build(build_transformer, dtype: torch.dtype, weight_dtype: str, memory_mode:
                                     device=offload_device)
     transformer.load_device = load_device
     config = config_class({"disable_unet_model_creation": True})
+    config.sampling_settings = sampling_settings(scheduler)
     config.latent_format = latent_format(latent_scale)
     config.manual_cast_dtype = dtype if storage is not None else None
     config.optimizations["fp8"] = fast

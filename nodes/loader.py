@@ -13,18 +13,19 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 class EasyAnimateModelLoader:
-    DESCRIPTION = ("Loads an EasyAnimate V5.1 model folder (original or diffusers layout) from "
-                   "ComfyUI/models/EasyAnimate/. The variant (T2V, InP, Control, Control-Camera; 7B or 12B) is "
-                   "detected from the files and shown in the info output. The model is a native ComfyUI MODEL: "
-                   "ComfyUI's memory management places it, and KSampler, LoraLoaderModelOnly, TorchCompileModel "
-                   "and EasyCache work on it.")
+    DESCRIPTION = ("Loads an EasyAnimate V5.1 or V5 model folder (original or diffusers layout) from "
+                   "ComfyUI/models/EasyAnimate/. The family, variant (T2V, InP, Control, Control-Camera; 7B or 12B) "
+                   "is detected from the files and shown in the info output. The model is a native ComfyUI MODEL "
+                   "with the model sampling of its scheduler config (flow for V5.1; the DDPM betas and prediction "
+                   "type of V5): ComfyUI's memory management places it, and KSampler, LoraLoaderModelOnly, "
+                   "TorchCompileModel and EasyCache work on it.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MODEL, TEXT_ENCODER, VAE, "STRING")
     RETURN_NAMES = ("model", "text_encoder", "vae", "info")
     OUTPUT_TOOLTIPS = (
         "The MMDiT transformer as a ComfyUI MODEL, for EasyAnimate Sampler or KSampler / SamplerCustomAdvanced.",
-        "The Qwen2-VL text encoder (text tower only), for EasyAnimate Text Encode.",
+        "The text encoder (V5.1: Qwen2-VL's text tower; V5: Bert and mT5), for EasyAnimate Text Encode.",
         "The MagViT video VAE, for the sampler, EasyAnimate Conditioning and EasyAnimate Decode/Encode.",
         "The detected variant, size and layout.",
     )
@@ -38,7 +39,8 @@ class EasyAnimateModelLoader:
         return {
             "required": {
                 "model": (folders, {"tooltip": "A model folder under ComfyUI/models/EasyAnimate/ (or a path from "
-                                               "extra_model_paths.yaml), e.g. EasyAnimateV5.1-12b-zh-InP."}),
+                                               "extra_model_paths.yaml), e.g. EasyAnimateV5.1-12b-zh-InP or "
+                                               "EasyAnimateV5-12b-zh."}),
                 "precision": (list(PRECISIONS), {"default": "bf16", "tooltip": "Compute dtype, and the storage of "
                                                                          "every weight fp8 does not take. bf16 is "
                                                                          "what the models were trained in."}),
@@ -77,11 +79,7 @@ class EasyAnimateModelLoader:
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode {memory_mode!r}: expected one of {MEMORY_MODES}.")
         folder = folders[model]
-        inspected = inspect_model(folder)  # every config checked before a weight is read
-        if inspected.family == "V5":
-            raise ValueError(f"{folder.name} is an {inspected.variant_description}: V5 models run from the command "
-                             f"line for now (python -m easyanimate_core generate --model {folder} --sampler DDIM "
-                             f"...); in ComfyUI load an EasyAnimate V5.1 model.")
+        inspect_model(folder)  # every config checked before a weight is read
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
         offload = _native.offload_device()
         vae_dtype = dtype

@@ -1,6 +1,7 @@
 """EasyAnimate Sampler: the one-node path. MODEL + conditioning + optional images, videos, trajectory or camera ->
 LATENT, with the denoise loop of the reference (CFG and bf16 latents between steps) and the sampler chosen from the
-model's scheduler config (by default the exact released flow schedule)."""
+model's scheduler config (by default the model family's own: the exact released flow schedule for V5.1, DDIM for
+V5)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,23 @@ from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_
                      size_input_types, teacache_input_types)
 
 
+# The sampler widget's default: the model family's own (samplers.DEFAULT_SAMPLER). Workflows saved with "Flow"
+# (the default before) keep running V5.1 models exactly as before.
+AUTO = "auto"
+
+
+def sampler_choice(name: str) -> str | None:
+    """The widget's value as GenerationRequest.sampler takes it (None: the model's default)."""
+    return None if name == AUTO else name
+
+
 class EasyAnimateSampler:
-    DESCRIPTION = ("Generates video latents with the reference loop and the chosen sampler (Flow, the released "
-                   "schedule, by default). The mode follows from the inputs connected: "
-                   "none (text-to-video), start/end image (image-to-video), input video (video-to-video), control "
-                   "video, trajectory or camera. A model that cannot do the mode is refused before any work, naming "
-                   "the model needed. KSampler with EasyAnimate Conditioning gives the same result with ComfyUI's "
-                   "samplers.")
+    DESCRIPTION = ("Generates video latents with the reference loop and the chosen sampler (by default the "
+                   "model's own: Flow, the released schedule, for V5.1; DDIM for V5). The mode follows from the "
+                   "inputs connected: none (text-to-video), start/end image (image-to-video), input video "
+                   "(video-to-video), control video, trajectory or camera. A model that cannot do the mode is "
+                   "refused before any work, naming the model needed. KSampler with EasyAnimate Conditioning gives "
+                   "the same result with ComfyUI's samplers.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
@@ -45,12 +56,13 @@ class EasyAnimateSampler:
                     "Share of the last steps run without the negative prompt (one pass instead of two; the "
                     "official option). 0 = off; 0.1-0.25 saves that share of half the work.")}),
             },
-            "optional": {**mode_input_types(), **resize_input_types(), "sampler": (list(SAMPLER_NAMES), {
-                "default": "Flow", "tooltip": (
-                    "V5.1 models: Flow (the released schedule, exact), Flow UniPC or Flow DPM++ (diffusers' "
-                    "multistep solvers on the same shifted flow sigmas). V5 models: Euler, Euler A, DPM++, PNDM or "
-                    "DDIM (the official V5 choice), built from the model's scheduler_config.json. A sampler of the "
-                    "other family is refused before any work.")})},
+            "optional": {**mode_input_types(), **resize_input_types(), "sampler": ([AUTO, *SAMPLER_NAMES], {
+                "default": AUTO, "tooltip": (
+                    "auto: the model's own default (Flow for V5.1, DDIM for V5). V5.1 models: Flow (the released "
+                    "schedule, exact), Flow UniPC or Flow DPM++ (diffusers' multistep solvers on the same shifted "
+                    "flow sigmas). V5 models: Euler, Euler A, DPM++, PNDM or DDIM (the official V5 choice), built "
+                    "from the model's scheduler_config.json. A sampler of the other family is refused before any "
+                    "work.")})},
         }
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
@@ -70,7 +82,7 @@ class EasyAnimateSampler:
             input_video=optional.get("input_video"), control_video=optional.get("control_video"),
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"), cfg_skip_ratio=cfg_skip_ratio,
-            resize=optional.get("resize_mode", DEFAULT_RESIZE), sampler=optional.get("sampler", "Flow"),
+            resize=optional.get("resize_mode", DEFAULT_RESIZE), sampler=sampler_choice(optional.get("sampler", AUTO)),
             teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
         require_model_for(transformer.config, request)  # refused before any model moves

@@ -34,6 +34,11 @@ class EasyAnimateScheduler:
         from ._native import require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Scheduler")
+        scheduler = model.model.easyanimate_scheduler
+        if scheduler.family != "flow":
+            raise ValueError(f"EasyAnimate Scheduler gives the flow sigmas of EasyAnimate V5.1; this model has "
+                             f"{scheduler.description}. Use ComfyUI's own schedulers on it: BasicScheduler (or "
+                             f"KSampler's scheduler) with normal, ddim_uniform, karras or simple.")
         if denoise <= 0.0:
             return (torch.zeros(0),)
         shift = float(model.get_model_object("model_sampling").shift)

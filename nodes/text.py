@@ -7,15 +7,15 @@ from ._types import CATEGORY, CONDITIONING, TEXT_ENCODER
 
 
 class EasyAnimateTextEncode:
-    DESCRIPTION = ("Encodes the prompt and the negative prompt with the model's Qwen2-VL text encoder into ComfyUI "
-                   "conditioning. ComfyUI reuses the result until a prompt changes and evicts the text encoder "
-                   "from the GPU when the sampler needs the room.")
+    DESCRIPTION = ("Encodes the prompt and the negative prompt with the model's text encoder (Qwen2-VL for V5.1; "
+                   "Bert and mT5 for V5) into ComfyUI conditioning. ComfyUI reuses the result until a prompt "
+                   "changes and evicts the text encoder from the GPU when the sampler needs the room.")
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = (CONDITIONING, CONDITIONING)
     RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("The prompt's embeddings [1, 256, hidden], for EasyAnimate Sampler, EasyAnimate "
-                       "Conditioning or KSampler.",
+    OUTPUT_TOOLTIPS = ("The prompt's embeddings [1, L, hidden] (V5: the Bert states, with the mT5 states beside "
+                       "them), for EasyAnimate Sampler, EasyAnimate Conditioning or KSampler.",
                        "The negative prompt's embeddings (used when guidance / cfg > 1).")
 
     @classmethod
@@ -37,15 +37,21 @@ class EasyAnimateTextEncode:
     def encode(self, text_encoder, prompt, negative_prompt):
         import torch
 
-        from ._native import component, load_on_device, memory_stage
+        from ._native import TEXT_T5_KEY, component, load_on_device, memory_stage
 
         with memory_stage("text encoding"):
             load_on_device(text_encoder)  # outside inference mode: moved weights must stay normal tensors
             with torch.inference_mode(), _comfy.cancel_points(component(text_encoder)):
                 positive = component(text_encoder).encode([prompt])
                 negative = component(text_encoder).encode([negative_prompt])
-        # The DiT attends to every one of the 256 tokens, pads included: no attention mask travels with them.
-        return [[positive.states.cpu(), {}]], [[negative.states.cpu(), {}]]
+        # The DiT attends to every token, pads included: no attention mask travels with them. A V5 prompt's mT5
+        # states [1, L5, d_model] ride in the entry's dict beside its Bert states [1, L, hidden].
+        return [_entry(positive, TEXT_T5_KEY)], [_entry(negative, TEXT_T5_KEY)]
+
+
+def _entry(prompt, t5_key: str) -> list:
+    """One CONDITIONING entry [states, extras] of a prompt's embeddings."""
+    return [prompt.states.cpu(), {} if prompt.states_t5 is None else {t5_key: prompt.states_t5.cpu()}]
 
 
 NODES = {"EasyAnimateTextEncode": EasyAnimateTextEncode}

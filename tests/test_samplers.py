@@ -301,9 +301,11 @@ def _node_sample(model_name, **options):
 
 def test_the_sampler_node_takes_a_sampler_of_the_model_family(comfyui):
     default = _node_sample("flow")
-    assert torch.equal(_node_sample("flow", sampler="Flow"), default)  # saved workflows without the widget: Flow
+    assert torch.equal(_node_sample("flow", sampler="Flow"), default)  # workflows saved with "Flow": unchanged
+    assert torch.equal(_node_sample("flow", sampler="auto"), default)
     assert not torch.equal(_node_sample("flow", sampler="Flow UniPC"), default)
-    assert torch.isfinite(_node_sample("ddpm", sampler="DDIM")).all()
+    ddim = _node_sample("ddpm", sampler="DDIM")
+    assert torch.isfinite(ddim).all() and torch.equal(_node_sample("ddpm"), ddim)  # auto: the family's default
     with pytest.raises(ValueError, match="sampler 'Flow' does not fit a DDPM-family scheduler config .*DDIM"):
-        _node_sample("ddpm")
+        _node_sample("ddpm", sampler="Flow")
     assert comfyui["progress"][-1][:2] == (4, 4)  # the refusal came before any VAE encode or step
