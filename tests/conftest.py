@@ -34,6 +34,35 @@ def load_pack(name: str = PACK_ALIAS, root: Path = REPO_ROOT):
 load_pack()
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The V5.1 demo model folders of every variant, written once per test module (a module may define its own)."""
+    from easyanimate_core.demo import write_demo_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {variant: write_demo_model(root / f"demo-{variant}", variant=variant)
+            for variant in ("t2v", "inp", "control", "camera")}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Paths of a 48x32 start image, a 7-frame 48x32 video and a one-track trajectory JSON."""
+    import json
+
+    import torch
+
+    from easyanimate_core.video import write_mp4, write_png
+
+    root = tmp_path_factory.mktemp("media")
+    gen = torch.Generator().manual_seed(0)
+    image = write_png(root / "start.png", torch.rand(32, 48, 3, generator=gen))
+    video = write_mp4(root / "input.mp4", torch.rand(7, 32, 48, 3, generator=gen))
+    track = root / "track.json"
+    track.write_text(json.dumps({"version": 1, "canvas": {"width": 48, "height": 32},
+                                 "tracks": [{"points": [[0.1, 0.2], [0.5, 0.8], [0.9, 0.3]]}]}))
+    return {"image": str(image), "video": str(video), "track": str(track)}
+
+
 @pytest.fixture()
 def models_dir(tmp_path):
     """The models/EasyAnimate folder the ``comfyui`` fixture shows ComfyUI; test modules with models override it."""

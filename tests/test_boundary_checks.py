@@ -9,26 +9,8 @@ import torch
 import easyanimate_core.loading as loading
 import easyanimate_core.text_encoder as text_encoder
 from easyanimate_core.__main__ import main
-from easyanimate_core.demo import write_demo_model
-from easyanimate_core.video import write_mp4, write_png
 
 SMALL = ["--frames", "5", "--width", "48", "--height", "32", "--steps", "2", "--prompt", "a red ball"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {variant: write_demo_model(root / f"demo-{variant}", variant=variant)
-            for variant in ("t2v", "inp", "control", "camera")}
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    gen = torch.Generator().manual_seed(0)
-    image = write_png(root / "start.png", torch.rand(32, 48, 3, generator=gen))
-    video = write_mp4(root / "input.mp4", torch.rand(7, 32, 48, 3, generator=gen))
-    return {"image": str(image), "video": str(video)}
 
 
 @pytest.fixture()

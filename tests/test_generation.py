@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from easyanimate_core.__main__ import main
-from easyanimate_core.demo import write_demo_model
 from easyanimate_core.generation import GenerationRequest, sample_latents
 from easyanimate_core.loading import load_scheduler, load_transformer, load_vae
-from easyanimate_core.video import read_video, write_mp4, write_png
+from easyanimate_core.video import read_video
 
 SMALL = ["--frames", "5", "--width", "48", "--height", "32", "--steps", "2", "--prompt", "a red ball"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {variant: write_demo_model(root / f"demo-{variant}", variant=variant)
-            for variant in ("t2v", "inp", "control", "camera")}
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    gen = torch.Generator().manual_seed(0)
-    image = write_png(root / "start.png", torch.rand(32, 48, 3, generator=gen))
-    video = write_mp4(root / "input.mp4", torch.rand(7, 32, 48, 3, generator=gen))
-    track = root / "track.json"
-    track.write_text(json.dumps({"version": 1, "canvas": {"width": 48, "height": 32},
-                                 "tracks": [{"points": [[0.1, 0.2], [0.5, 0.8], [0.9, 0.3]]}]}))
-    return {"image": str(image), "video": str(video), "track": str(track)}
 
 
 CASES = {
