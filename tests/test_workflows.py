@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO_ROOT, load_pack
 
 pack = load_pack()
-MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora", "lora_training", "native")
+MODES = ("t2v", "i2v", "v2v", "control", "trajectory", "camera", "lora", "lora_training", "native", "v5_t2v",
+         "v5_i2v")
 WORKFLOWS = {mode: REPO_ROOT / "workflows" / f"easyanimate_{mode}.json" for mode in MODES}
 # Input specs of the ComfyUI core nodes the workflows use, as ComfyUI's /object_info reports them.
 CORE = json.loads((Path(__file__).parent / "data" / "comfyui_core_nodes.json").read_text(encoding="utf-8"))
@@ -122,7 +123,7 @@ def test_workflow_matches_the_node_definitions(mode):
 
 def test_each_mode_uses_the_inputs_of_its_mode():
     expected = {"i2v": "start_image", "v2v": "input_video", "control": "control_video", "trajectory": "trajectory",
-                "camera": "camera"}
+                "camera": "camera", "v5_i2v": "start_image"}
     for mode, path in WORKFLOWS.items():
         if mode == "native":
             continue
@@ -150,6 +151,16 @@ def test_the_native_workflow_samples_with_core_nodes():
             ("EasyAnimateScheduler", "SamplerCustomAdvanced"), ("EasyAnimateConditioning", "SamplerCustomAdvanced"),
             ("SamplerCustomAdvanced", "EasyAnimateDecode"), ("LoadImage", "EasyAnimateConditioning")} <= flows
     assert "EasyAnimateSampler" not in types.values()
+
+
+def test_the_v5_workflows_load_v5_folders_and_sample_with_ddim():
+    from easyanimate_core.samplers import DDPM_SAMPLERS
+
+    for mode, model in (("v5_t2v", "EasyAnimateV5-7b-zh"), ("v5_i2v", "EasyAnimateV5-7b-zh-InP")):
+        workflow = json.loads(WORKFLOWS[mode].read_text(encoding="utf-8"))
+        by_type = {n["type"]: n for n in workflow["nodes"]}
+        assert by_type["EasyAnimateModelLoader"]["widgets_values"][0] == model
+        assert by_type["EasyAnimateSampler"]["widgets_values"][-1] == "DDIM" and "DDIM" in DDPM_SAMPLERS
 
 
 def test_files_are_what_the_builder_writes():

@@ -42,9 +42,9 @@ SAMPLER_OPTIONAL = [("start_image", "IMAGE"), ("end_image", "IMAGE"), ("input_vi
                     ("camera", "EASYANIMATE_CAMERA")]
 
 
-def sampler(strength: float = 1.0, steps: int = 50) -> Node:
+def sampler(strength: float = 1.0, steps: int = 50, name: str = "Flow") -> Node:
     return Node("EasyAnimateSampler",
-                [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0, "crop", "Flow"],
+                [672, 384, 49, steps, 6.0, 43, "fixed", strength, 0.0, 1, 1, 0.0, "crop", name],
                 inputs=[("model", "MODEL"), ("vae", "EASYANIMATE_VAE"), ("positive", "CONDITIONING"),
                         ("negative", "CONDITIONING"), *SAMPLER_OPTIONAL],
                 outputs=[("samples", "LATENT")], size=(340, 420))
@@ -124,9 +124,10 @@ def _layout(nodes: dict[str, Node], columns: list[list[str]]) -> None:
         x += max(nodes[key].size[0] for key in column) + 60
 
 
-def _base(model: str, prompt: str, note_text: str, strength: float = 1.0, steps: int = 50) -> tuple[dict, list]:
+def _base(model: str, prompt: str, note_text: str, strength: float = 1.0, steps: int = 50,
+          sampler_name: str = "Flow") -> tuple[dict, list]:
     nodes = {"note": note(model, note_text), "loader": loader(model), "text": text_encode(prompt),
-             "sampler": sampler(strength, steps), "decode": decode(), "video": create_video(),
+             "sampler": sampler(strength, steps, sampler_name), "decode": decode(), "video": create_video(),
              "save": save_video("")}
     links = [("loader", "model", "sampler", "model"), ("loader", "vae", "sampler", "vae"),
              ("loader", "text_encoder", "text", "text_encoder"), ("text", "positive", "sampler", "positive"),
@@ -224,6 +225,20 @@ def workflows() -> dict[str, dict]:
     out["lora"] = _build(nodes, links)
     out["lora_training"] = lora_training(prompt)
     out["native"] = native(prompt)
+
+    v5 = ("EasyAnimate V5 (Bert + mT5 text encoders) samples with its scheduler_config.json: DDIM as the official "
+          "V5 workflows, or Euler, Euler A, DPM++, PNDM; KSampler works on the model too (ddim with ddim_uniform).")
+    nodes, links = _base("EasyAnimateV5-7b-zh", prompt, f"Text-to-video with {v5}", sampler_name="DDIM")
+    nodes["save"].widgets[0] = "EasyAnimate/v5_t2v"
+    _layout(nodes, [["note", "loader"], ["text"], ["sampler"], ["decode", "video"], ["save"]])
+    out["v5_t2v"] = _build(nodes, links)
+
+    nodes, links = _base("EasyAnimateV5-7b-zh-InP", prompt, f"Image-to-video: load the first frame in Load Image "
+                         f"(connect an image to end_image as well to fix the last frame). {v5}", sampler_name="DDIM")
+    nodes["image"], nodes["save"].widgets[0] = load_image(), "EasyAnimate/v5_i2v"
+    links.append(("image", "IMAGE", "sampler", "start_image"))
+    _layout(nodes, [["note", "loader", "image"], ["text"], ["sampler"], ["decode", "video"], ["save"]])
+    out["v5_i2v"] = _build(nodes, links)
     return out
 
 

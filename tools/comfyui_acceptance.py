@@ -6,8 +6,8 @@ It writes into DIR tiny demo model folders under the names the shipped workflows
 image and videos the workflows load, and an extra_model_paths.yaml; then it runs the harness (run_pack.sh) twice:
 1. every shipped workflow is dropped onto the canvas with --strict-widgets (no missing node, no combo value outside
    its list, no widget count mismatch);
-2. reduced copies (48x32 pixels, 5 frames, 2 steps) of the t2v, i2v, control, camera, lora and native workflows are
-   queued and must finish without an error.
+2. reduced copies (48x32 pixels, 5 frames, 2 steps) of the t2v, i2v, control, camera, lora, native, v5_t2v and
+   v5_i2v workflows are queued and must finish without an error.
 Exit status 0 only if both runs pass.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-QUEUED = ("t2v", "i2v", "control", "camera", "lora", "native")
+QUEUED = ("t2v", "i2v", "control", "camera", "lora", "native", "v5_t2v", "v5_i2v")
 SMALL = {"width": 48, "height": 32, "frames": 5, "steps": 2}
 # Widget positions of the sizes, per node type: (width, height, frames, steps) indexes; None where absent.
 _SIZE_WIDGETS = {
@@ -40,6 +40,11 @@ def _variant(model_name: str) -> str:
         if model_name.endswith(suffix):
             return variant
     return "t2v"
+
+
+def _version(model_name: str) -> str:
+    """The demo family of a model name: EasyAnimateV5-... folders are V5 (Bert + mT5, DDIM), the others V5.1."""
+    return "5" if model_name.startswith("EasyAnimateV5-") else "5.1"
 
 
 def write_assets(out: Path, workflows: list[Path]) -> Path:
@@ -59,7 +64,7 @@ def write_assets(out: Path, workflows: list[Path]) -> Path:
              if node["type"] in ("EasyAnimateModelLoader", "EasyAnimateTrainLoRA")}
     for name in sorted(names):
         if not (models / name / "transformer" / "config.json").is_file():
-            write_demo_model(models / name, variant=_variant(name))
+            write_demo_model(models / name, variant=_variant(name), version=_version(name))
     transformer = load_transformer(models / "EasyAnimateV5.1-7b-zh", dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     layers = {}
