@@ -23,6 +23,7 @@ def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for variant in ("t2v", "inp", "control"):
         write_demo_model(root / f"v5-{variant}", variant=variant, version="5")
+    write_demo_model(root / "v51-t2v", variant="t2v")
     return root
 
 
@@ -208,3 +209,17 @@ def test_v5_conditioning_takes_inp_images_and_control_video_and_refuses_a_refere
         _run("EasyAnimateConditioning", model=model, positive=positive, negative=negative, vae=vae, seed=7,
              camera=pan, **SIZE)
     assert comfyui["progress"] == []  # refused before the VAE encoded anything
+
+
+def test_ksampler_refuses_a_prompt_of_the_other_family_by_name(comfyui):
+    import nodes
+
+    v5, v5_encoder, _, _ = _load("v5-t2v")
+    v51, v51_encoder, _, _ = _load("v51-t2v")
+    latent = {"samples": torch.zeros(1, 16, 2, 4, 6)}
+    for model, (positive, negative), message in (
+            (v5, _prompts(v51_encoder), "has no mT5 states for the EasyAnimate V5 .*EasyAnimate Text Encode"),
+            (v51, _prompts(v5_encoder), "carries the mT5 states of an EasyAnimate V5 text encoder")):
+        with pytest.raises(ValueError, match=message):
+            _run(nodes.KSampler, model=model, seed=1, steps=1, cfg=6.0, sampler_name="euler", scheduler="normal",
+                 positive=positive, negative=negative, latent_image=latent, denoise=1.0)
