@@ -88,20 +88,26 @@ def test_text_encode_on_a_v5_model_carries_the_mt5_states(comfyui):
     assert torch.equal(states, direct.states) and torch.equal(extra[TEXT_T5_KEY], direct.states_t5)
 
 
-@pytest.mark.parametrize("sampler", ["DDIM", "Euler A"])
-def test_the_sampler_node_on_a_v5_model_equals_the_core(comfyui, models_dir, sampler):
+@pytest.mark.parametrize("mode, sampler", [("t2v", "DDIM"), ("t2v", "Euler A"), ("i2v", "Euler"), ("v2v", "DPM++"),
+                                           ("control", "PNDM")])
+def test_the_sampler_node_on_a_v5_model_equals_the_core(comfyui, models_dir, mode, sampler):
     from easyanimate_core.generation import GenerationRequest, sample_latents
     from easyanimate_core.loading import load_scheduler, load_transformer, load_vae
     from easyanimate_core.text_encoder import load_text_encoder
 
-    model, text_encoder, vae, _ = _load("v5-t2v")
+    name, inputs = _v5_mode(mode)
+    strength = 0.6 if mode == "v2v" else 1.0
+    model, text_encoder, vae, _ = _load(name)
     positive, negative = _prompts(text_encoder)
-    node = _sample(model, vae, positive, negative, sampler=sampler)
+    node = _sample(model, vae, positive, negative, sampler=sampler, denoise_strength=strength, **inputs)
 
-    folder = models_dir / "v5-t2v"
+    folder = models_dir / name
     encoder = load_text_encoder(folder, dtype=torch.float32)
     core_vae = load_vae(folder, dtype=torch.float32)
-    request = GenerationRequest(steps=4, guidance=6.0, seed=7, sampler=sampler, **SIZE)
+    request = GenerationRequest(steps=4, guidance=6.0, seed=7, sampler=sampler, strength=strength,
+                                start_images=inputs.get("start_image"), end_images=inputs.get("end_image"),
+                                input_video=inputs.get("input_video"), control_video=inputs.get("control_video"),
+                                **SIZE)
     core = sample_latents(load_transformer(folder, dtype=torch.float32), core_vae, load_scheduler(folder), request,
                           encoder.encode(["a cat"]), encoder.encode(["blurry"]))
     expected = core / core_vae.scaling_factor  # the node's LATENT is unscaled (ComfyUI's process_latent_out)
@@ -164,8 +170,11 @@ class _ScaledNoise:
 
 
 def _v5_mode(mode):
+    """(model folder, the mode's inputs) on the V5 demos."""
     gen = torch.Generator().manual_seed(5)
     image = torch.rand(1, 32, 48, 3, generator=gen)
+    if mode == "v2v":
+        return "v5-inp", {"input_video": torch.rand(5, 32, 48, 3, generator=gen)}
     if mode == "i2v":
         return "v5-inp", {"start_image": image, "end_image": torch.rand(1, 32, 48, 3, generator=gen)}
     if mode == "control":
