@@ -25,7 +25,8 @@ class EasyAnimateCompile:
                 "model": (MODEL, {"tooltip": "An EasyAnimate model."}),
                 "mode": (list(MODES), {"default": "default", "tooltip": (
                     "torch.compile's mode: default; max-autotune-no-cudagraphs searches faster kernels (long "
-                    "first compile); reduce-overhead adds CUDA graphs (fixed memory addresses: no weight streaming).")}),
+                    "first compile); reduce-overhead adds CUDA graphs (fixed memory addresses: no weight "
+                    "streaming).")}),
             }
         }
 

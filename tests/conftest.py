@@ -33,6 +33,23 @@ def load_pack(name: str = PACK_ALIAS, root: Path = REPO_ROOT):
 
 load_pack()
 
+# EasyAnimate Sampler without its speed options: every step computed, both passes.
+EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
+
+
+def run_node(node, **inputs):
+    """A node of ours (by id) or of ComfyUI (a class, V1 or V3), called through its declared function."""
+    cls = load_pack().NODE_CLASS_MAPPINGS[node] if isinstance(node, str) else node
+    if hasattr(cls, "FUNCTION"):
+        return getattr(cls(), cls.FUNCTION)(**inputs)
+    return cls.execute(**inputs).result
+
+
+def load_demo(name: str):
+    """EasyAnimate Model Loader on a demo folder: fp32, model offload, default weights."""
+    return run_node("EasyAnimateModelLoader", model=name, precision="fp32", memory_mode="model_cpu_offload",
+                    blocks_on_gpu=-1, weight_dtype="default")
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

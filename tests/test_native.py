@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_pack
+from conftest import EXACT, load_pack, run_node as _run
 
-pack = load_pack()
-NODES = pack.NODE_CLASS_MAPPINGS
-# EasyAnimate Sampler without its speed options: every step computed, both passes.
-EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
+load_pack()
 SIZE = dict(width=48, height=32, frames=5)
 
 
@@ -24,15 +21,6 @@ def models_dir(tmp_path_factory):
     for variant in ("t2v", "inp", "control", "camera"):
         write_demo_model(root / f"demo-{variant}", variant=variant)
     return root
-
-
-def _run(node, **inputs):
-    """A node of ours (by id) or of ComfyUI (a class, V1 or V3), called through its declared function."""
-    cls = NODES[node] if isinstance(node, str) else node
-    if hasattr(cls, "FUNCTION"):
-        instance = cls()
-        return getattr(instance, cls.FUNCTION)(**inputs)
-    return cls.execute(**inputs).result
 
 
 def _load(name, memory_mode="model_cpu_offload", blocks_on_gpu=-1, weight_dtype="default", precision="fp32"):

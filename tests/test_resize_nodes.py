@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_pack
+from conftest import EXACT, load_demo as _load, load_pack, run_node as _run
 
 pack = load_pack()
 NODES = pack.NODE_CLASS_MAPPINGS
-EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
 SIZE = dict(width=48, height=32, frames=5)
 MODES = ("crop", "pad", "stretch")
 
@@ -22,18 +21,6 @@ def models_dir(tmp_path_factory):
     for variant in ("inp", "control"):
         write_demo_model(root / f"demo-{variant}", variant=variant)
     return root
-
-
-def _run(node, **inputs):
-    cls = NODES[node] if isinstance(node, str) else node
-    if hasattr(cls, "FUNCTION"):
-        return getattr(cls(), cls.FUNCTION)(**inputs)
-    return cls.execute(**inputs).result
-
-
-def _load(name):
-    return _run("EasyAnimateModelLoader", model=name, precision="fp32", memory_mode="model_cpu_offload",
-                blocks_on_gpu=-1, weight_dtype="default")
 
 
 def _square(frames=1, seed=0):

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_pack
+from conftest import EXACT, load_demo as _load, load_pack, run_node as _run
 
-pack = load_pack()
-NODES = pack.NODE_CLASS_MAPPINGS
-# EasyAnimate Sampler without its speed options: every step computed, both passes.
-EXACT = dict(teacache_threshold=0.0, teacache_start_steps=1, teacache_end_steps=1, cfg_skip_ratio=0.0)
+load_pack()
 SIZE = dict(width=48, height=32, frames=5)
 
 
@@ -25,19 +22,6 @@ def models_dir(tmp_path_factory):
         write_demo_model(root / f"v5-{variant}", variant=variant, version="5")
     write_demo_model(root / "v51-t2v", variant="t2v")
     return root
-
-
-def _run(node, **inputs):
-    """A node of ours (by id) or of ComfyUI (a class, V1 or V3), called through its declared function."""
-    cls = NODES[node] if isinstance(node, str) else node
-    if hasattr(cls, "FUNCTION"):
-        return getattr(cls(), cls.FUNCTION)(**inputs)
-    return cls.execute(**inputs).result
-
-
-def _load(name):
-    return _run("EasyAnimateModelLoader", model=name, precision="fp32", memory_mode="model_cpu_offload",
-                blocks_on_gpu=-1, weight_dtype="default")
 
 
 def _prompts(text_encoder):
