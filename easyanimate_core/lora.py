@@ -127,6 +127,7 @@ def lora_layers(source: str | Path, tensors: Iterable[tuple[str, torch.Tensor]],
             unmatched.append(key)
             continue
         parts.setdefault(name, {})[part] = tensor
+    _check_family(source, names, transformer)
     _check_blocks(source, names, transformer)
     if unmatched and strict:
         raise ModelFormatError(
@@ -199,6 +200,29 @@ def _mmdit_blocks(names: list[str]) -> int | None:
         if with_text == set(range(m)) and with_text <= alone and max(alone) >= m:
             return m
     return None
+
+
+def _check_family(source: str | Path, names: list[str], transformer: nn.Module) -> None:
+    """Refuse a LoRA of the other EasyAnimate family, where its layers show it: V5 projects Bert through a plain
+    ``text_proj`` and mT5 through ``text_proj_t5``, V5.1 projects Qwen2-VL through ``text_proj.1`` (after an
+    RMSNorm). The blocks of the two 12B models have the same shapes, so a LoRA of block layers only cannot be told
+    apart and applies to either."""
+    config = getattr(transformer, "config", None)
+    if config is None:
+        return
+    flat = {name.removeprefix(OFFICIAL_PREFIX).replace(".", "_") for name in names}  # either key format
+    if "text_proj_t5" in flat or "text_proj" in flat:
+        lora_family, layer = "V5", "text_proj_t5" if "text_proj_t5" in flat else "text_proj"
+    elif "text_proj_1" in flat:
+        lora_family, layer = "V5.1", "text_proj.1"
+    else:
+        return
+    if lora_family != config.family:
+        other = "EasyAnimate V5 (Bert + mT5)" if lora_family == "V5" else "EasyAnimate V5.1 (Qwen2-VL)"
+        raise ModelFormatError(
+            f"{source} is a LoRA for {other}: it trains that family's text projection ({layer}). This model is the "
+            f"{config.variant_description}: load a {lora_family} model for this LoRA, or pick a LoRA trained for "
+            f"{config.family}.")
 
 
 def _check_blocks(source: str | Path, names: list[str], transformer: nn.Module) -> None:

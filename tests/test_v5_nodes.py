@@ -216,3 +216,25 @@ def test_ksampler_refuses_a_prompt_of_the_other_family_by_name(comfyui):
         with pytest.raises(ValueError, match=message):
             _run(nodes.KSampler, model=model, seed=1, steps=1, cfg=6.0, sampler_name="euler", scheduler="normal",
                  positive=positive, negative=negative, latent_image=latent, denoise=1.0)
+
+
+def test_a_v5_lora_loads_through_our_loader_and_a_v51_lora_is_refused_by_name(comfyui):
+    from easyanimate_core.lora import LoraLayer, save_lora
+
+    model, _, _, _ = _load("v5-t2v")
+    transformer = model.model.diffusion_model
+    gen = torch.Generator().manual_seed(0)
+
+    def layer(name):
+        linear = dict(transformer.named_modules())[name]
+        return LoraLayer(torch.randn(2, linear.in_features, generator=gen), torch.randn(linear.out_features, 2,
+                                                                                      generator=gen), 2.0)
+
+    save_lora(comfyui["loras"] / "reward.safetensors", {n: layer(n) for n in ("text_proj_t5", "proj_out")})
+    (styled,) = _run("EasyAnimateLoraLoader", model=model, lora_name="reward.safetensors", strength=0.7)
+    assert sorted(styled.patches) == ["diffusion_model.proj_out.weight", "diffusion_model.text_proj_t5.weight"]
+    width = transformer.config.inner_dim
+    save_lora(comfyui["loras"] / "v51.safetensors",
+              {"text_proj.1": LoraLayer(torch.randn(2, 3584), torch.randn(width, 2), 2.0)})
+    with pytest.raises(ValueError, match=r"is a LoRA for EasyAnimate V5\.1 \(Qwen2-VL\).*load a V5\.1 model"):
+        _run("EasyAnimateLoraLoader", model=model, lora_name="v51.safetensors", strength=1.0)
