@@ -56,7 +56,8 @@ def test_two_processes_train_together_and_resume_to_the_same_curve(inputs):
                                                                          "random_states_1.pkl"}
     assert [step for step, _ in _losses(root / "resumed")] == [1, 2, 3, 4]  # one curve, written by rank 0 only
     _torchrun(data, model, root / "resumed", "--steps", "6", "--resume")
-    _torchrun(data, model, root / "straight", "--steps", "6")
+    out = _torchrun(data, model, root / "straight", "--steps", "6")
+    assert out.count("lora=") == 1 and out.count("step 6/6 ") == 1  # reported once, by rank 0
     resumed, straight = _losses(root / "resumed"), _losses(root / "straight")
     assert [step for step, _ in resumed] == list(range(1, 7))
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], rel=1e-6)

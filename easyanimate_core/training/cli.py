@@ -147,5 +147,8 @@ def run(args: argparse.Namespace) -> int:
         return STOPPED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"lora={result.lora_path.resolve()}", flush=True)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one line per run, however many processes trained it
+        print(f"lora={result.lora_path.resolve()}", flush=True)
     return 0
