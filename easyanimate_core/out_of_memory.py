@@ -141,8 +141,9 @@ def explain_out_of_memory(stage: str, device: torch.device | str, *, memory_mode
                    or (torch.device(device).type == "cpu" and not isinstance(exc, torch.cuda.OutOfMemoryError)))
         where = "cpu" if on_host else str(device)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        tiles = vae_tiles and not getattr(exc, "tiles_exhausted", False)  # the smallest tiles already failed
         plan = OutOfMemoryPlan(stage, where, requested_allocation(exc),
-                               plan_for(stage, where, memory_mode, workload, vae_tiles=vae_tiles, comfyui=comfyui),
+                               plan_for(stage, where, memory_mode, workload, vae_tiles=tiles, comfyui=comfyui),
                                reason[:300])
         # The failed call's finished frames hold the tensors that filled the memory: let them go now.
         traceback.clear_frames(exc.__traceback__)

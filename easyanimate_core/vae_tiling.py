@@ -46,6 +46,8 @@ RUNTIME_BYTES = 64 << 20
 class VAEOutOfMemoryError(OutOfMemoryError):
     """An automatic encode or decode that ran out of memory even with the smallest tiles."""
 
+    tiles_exhausted = True  # out_of_memory.py: smaller tiles are no longer advice
+
 
 def progress_reporter(callback: ProgressCallback | None, total: int) -> Callable[[], None]:
     """A ``report()`` that counts calls and passes ``(done, total)`` to ``callback``."""

@@ -170,3 +170,14 @@ def test_the_command_line_prints_the_plan_and_exits_non_zero_without_a_traceback
     for model in loaded:  # every model back where it was, no hook left
         assert all(p.device.type == "cpu" for p in model.parameters())
         assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_no_tile_advice_once_the_smallest_tiles_ran_out_too():
+    from easyanimate_core.vae_tiling import VAEOutOfMemoryError
+
+    for error, tiles in ((OutOfMemoryError(GPU_OOM), True), (VAEOutOfMemoryError("even with tiles of 128 px"), False)):
+        with pytest.raises(OutOfMemoryPlan) as caught:
+            with explain_out_of_memory("VAE decode", "cuda:0", memory_mode="full", workload=Workload(672, 384, 49),
+                                       vae_tiles=True):
+                raise error
+        assert ("Tiled VAE" in str(caught.value)) is tiles
