@@ -66,7 +66,13 @@ class TeaCacheOptions:
 
     def run(self, steps: int, config: TransformerConfig) -> TeaCache | None:
         """The cache of one run of ``steps`` steps, or None when off."""
-        return TeaCache(self, steps, coefficients_for(config)) if self.threshold > 0 else None
+        if self.threshold <= 0:
+            return None
+        if config.family == "V5":
+            logger.warning("TeaCache on the %s uses the V5.1 coefficients of the same size: the official code "
+                           "publishes none for V5, so which steps are reused may differ from a fitted cache; lower "
+                           "the threshold if the video changes too much.", config.variant_description)
+        return TeaCache(self, steps, coefficients_for(config))
 
 
 @dataclass

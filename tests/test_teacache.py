@@ -4,6 +4,7 @@ the model patch for ComfyUI's samplers (real ComfyUI modules)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -182,3 +183,14 @@ def test_the_sampler_node_and_the_model_patch_cache_in_comfyui(comfyui):
     assert 2 <= len(counter.calls) < 12
     torch.testing.assert_close(out["samples"], ours["samples"], rtol=0, atol=1e-4)  # the same steps reused
     assert "easyanimate_teacache" not in str(patched.model_options.get("transformer_options", {}).keys())
+
+
+def test_a_v5_model_is_told_that_its_cache_uses_the_v51_coefficients(caplog):
+    v51 = demo_transformer_config("t2v")
+    v5 = dataclasses.replace(v51, text_embed_dim_t5=48, add_norm_text_encoder=False)
+    assert TeaCacheOptions(0.0).run(10, v5) is None and not caplog.text  # off: nothing to say
+    cache = TeaCacheOptions(0.1).run(10, v5)
+    assert cache.coefficients == coefficients_for(v51) and "uses the V5.1 coefficients" in caplog.text
+    caplog.clear()
+    TeaCacheOptions(0.1).run(10, v51)
+    assert "V5.1 coefficients" not in caplog.text
