@@ -123,6 +123,7 @@ def _model_classes():
     import comfy.latent_formats
     import comfy.model_base
     import comfy.model_patcher
+    import comfy.model_sampling
     import comfy.supported_models_base
 
     class EasyAnimateLatentFormat(comfy.latent_formats.LatentFormat):
@@ -155,6 +156,10 @@ def _model_classes():
         def extra_conds(self, **kwargs):
             out = super().extra_conds(**kwargs)
             config = self.diffusion_model.config
+            if config.family == "V5" and isinstance(self.model_sampling, comfy.model_sampling.CONST):
+                raise ValueError(f"the {config.variant_description} is a DDPM-family model, but its model sampling "
+                                 f"was switched to flow matching (ModelSamplingSD3 or another flow patch): remove "
+                                 f"that node for V5; it suits EasyAnimate V5.1 models only.")
             noise = kwargs["noise"]  # [B, 16, T, h, w]
             check_latent({"samples": noise}, f"sampling the {config.variant_description}")
             inpaint, control = kwargs.get(INPAINT_KEY), kwargs.get(CONTROL_KEY)

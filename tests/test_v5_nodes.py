@@ -129,6 +129,12 @@ def test_ksampler_runs_a_v5_model_with_comfyuis_samplers_and_schedulers(comfyui)
     assert frames.shape == (5, 32, 48, 3)
     with pytest.raises(ValueError, match="EasyAnimate Scheduler gives the flow sigmas .*DDPM-family.*BasicScheduler"):
         _run("EasyAnimateScheduler", model=model, steps=4, denoise=1.0)
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    (flow,) = _run(ModelSamplingSD3, model=model, shift=3.0)
+    with pytest.raises(ValueError, match="switched to flow matching .*ModelSamplingSD3.*V5.1 models only"):
+        _run(nodes.KSampler, model=flow, seed=1, steps=2, cfg=6.0, sampler_name="euler", scheduler="normal",
+             positive=positive, negative=negative, latent_image=latent, denoise=1.0)
 
 
 def test_the_activation_estimate_counts_the_prompts_tokens(comfyui):
