@@ -13,12 +13,15 @@ Inside ComfyUI the loader's ``weight_dtype = fp8_e4m3fn_fast`` is ComfyUI's own 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .ops import Linear
+
+logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
@@ -51,12 +54,20 @@ def _quantize_input(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     1.25 ms against 0.38 ms for 26208 x 3072 rows; fused 0.28 ms), which made eager fp8 slower than bf16."""
     if rows.device.type != "cuda":
         return quantize_rows(rows)
-    return _fused_quantize()(rows)
+    return _gpu_quantizer()(rows)
 
 
 @functools.cache
-def _fused_quantize():
-    return torch.compile(quantize_rows, dynamic=True)
+def _gpu_quantizer():
+    """The fused quantizer where torch.compile can build GPU kernels (Triton), else the eager one, said once."""
+    from torch.utils._triton import has_triton
+
+    if has_triton():
+        return torch.compile(quantize_rows, dynamic=True)
+    logger.warning("fp8 matmul: Triton is not installed, so the activations are quantized in eager PyTorch, which "
+                   "costs about as much as the fp8 matmul saves; install triton (triton-windows on Windows) for the "
+                   "fused kernel.")
+    return quantize_rows
 
 
 class ScaledFp8Linear(Linear):

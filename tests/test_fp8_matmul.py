@@ -130,3 +130,19 @@ def test_the_command_line_takes_every_speed_lever_at_once(tmp_path, monkeypatch,
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "fp8_scaled linears" in messages and "torch.compile" in messages
     assert "PyTorch SDPA instead of auto" in messages
+
+
+@pytest.mark.parametrize("triton", [True, False])
+def test_the_gpu_quantizer_is_fused_only_where_triton_can_build_it(monkeypatch, caplog, triton):
+    import torch.utils._triton
+
+    from easyanimate_core import fp8_matmul
+
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: triton)
+    fp8_matmul._gpu_quantizer.cache_clear()
+    try:
+        quantizer = fp8_matmul._gpu_quantizer()
+        assert (quantizer is fp8_matmul.quantize_rows) is not triton  # eager, not a failing compile, without it
+        assert ("Triton is not installed" in caplog.text) is not triton
+    finally:
+        fp8_matmul._gpu_quantizer.cache_clear()
