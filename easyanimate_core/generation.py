@@ -28,7 +28,7 @@ from .config import TransformerConfig
 from .memory import execution_device
 from .resize import DEFAULT_RESIZE, check_resize, fit_note
 from .sampling import Conditioning, StepCallback, denoise, initial_noise, uses_guidance
-from .samplers import SAMPLER_NAMES, SchedulerConfig
+from .samplers import SchedulerConfig, known_sampler
 from .scheduler import FlowMatchEulerScheduler
 from .teacache import TeaCacheOptions
 from .text_encoder import PromptEmbeddings
@@ -100,8 +100,8 @@ class GenerationRequest:
         check_seed(self.seed)
         check_workload(width, height, frames)
         check_resize(self.resize)
-        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLER_NAMES)}.")
+        if self.sampler is not None:
+            known_sampler(self.sampler)
         return replace(self, frames=frames, width=width, height=height)
 
     def checked(self) -> "GenerationRequest":
@@ -207,7 +207,7 @@ def _states_t5(prompt: PromptEmbeddings | torch.Tensor | None) -> torch.Tensor |
 
 def _text_tokens(prompt: PromptEmbeddings | torch.Tensor) -> int:
     """Text tokens in the transformer's joint sequence: V5 adds its mT5 tokens after the Bert tokens."""
-    t5 = prompt.states_t5 if isinstance(prompt, PromptEmbeddings) else None
+    t5 = _states_t5(prompt)
     return _states(prompt).shape[1] + (0 if t5 is None else t5.shape[1])
 
 

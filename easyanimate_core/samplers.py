@@ -40,13 +40,20 @@ _DDPM_BOOLEANS = ("clip_sample", "set_alpha_to_one", "skip_prk_steps", "threshol
 _DDPM_NUMBERS = ("beta_start", "beta_end")
 
 
+def known_sampler(name: str) -> str:
+    """``name`` when it is one of :data:`SAMPLER_NAMES`; else a ValueError naming them."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLER_NAMES)}.")
+    return name
+
+
 def sampler_name(text: str) -> str:
     """The sampler named ``text`` in any case, with '_' or '-' for spaces ("ddim", "euler_a", "flow-unipc")."""
     wanted = " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
     for name in SAMPLER_NAMES:
         if name.lower() == wanted:
             return name
-    raise ValueError(f"sampler {text!r} is not one of {', '.join(SAMPLER_NAMES)}.")
+    return known_sampler(text)
 
 
 def _family_of(class_name: str, where: str) -> str:
@@ -125,10 +132,7 @@ class SchedulerConfig:
     def check_sampler(self, name: str | None, steps: int | None = None) -> str:
         """The sampler ``name`` (None: this family's default), refused by name when it does not fit the family or,
         given ``steps``, cannot make a schedule of that many steps."""
-        if name is None:
-            name = self.default_sampler
-        if name not in SAMPLER_NAMES:
-            raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLER_NAMES)}.")
+        name = known_sampler(self.default_sampler if name is None else name)
         if name not in self.samplers:
             where = f" ({self.source})" if self.source else ""
             raise ValueError(f"sampler {name!r} does not fit {self.description}{where}: choose one of "

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loading import ModelFormatError, read_into, resolve_component, text_encoder_family
+from .loading import ModelFormatError, model_root, read_into, resolve_component, text_encoder_family
 from .memory import check_fp8_kind, execution_device, store_weights_in
 from .ops import adopt_linears
 from .safetensors_io import read_header
@@ -38,13 +38,12 @@ _TEXT_PREFIXES = ("model.language_model.", "model.")  # transformers >= 5 layout
 @dataclass(frozen=True)
 class PromptEmbeddings:
     """``states`` [B, L, hidden] in the encoder dtype and ``mask`` [B, L] (1 = real token): Qwen2-VL's (V5.1,
-    L = 256) or Bert's (V5). A V5 prompt also has ``states_t5`` [B, L5, d_model] and ``mask_t5`` [B, L5] of its
-    mT5 encoder; the transformer takes them as ``text_states_t5`` (V5 passes no mask anywhere)."""
+    L = 256) or Bert's (V5). A V5 prompt also has ``states_t5`` [B, L5, d_model] of its mT5 encoder; the
+    transformer takes them as ``text_states_t5`` (V5 passes no mask anywhere)."""
 
     states: torch.Tensor
     mask: torch.Tensor
     states_t5: torch.Tensor | None = None
-    mask_t5: torch.Tensor | None = None
 
 
 def released_position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -237,5 +236,4 @@ def load_text_encoder(
     logger.info("Loaded the Qwen2-VL text tower (%d of %d layers) from %s as %s%s on %s",
                 text_config.num_hidden_layers, text_config.num_hidden_layers + 1, folder, dtype,
                 f" with {fp8} linears" if fp8 else "", device)
-    model_root = folder.parent if folder.name == "text_encoder" else folder
-    return QwenTextEncoder(model.eval().requires_grad_(False), load_tokenizer(model_root))
+    return QwenTextEncoder(model.eval().requires_grad_(False), load_tokenizer(model_root(folder, "text_encoder")))

@@ -53,10 +53,6 @@ class V5TextEncoder(nn.Module):
         return self.text_encoder.config.hidden_size
 
     @property
-    def hidden_size_t5(self) -> int:
-        return self.text_encoder_2.config.d_model
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.text_encoder.embeddings.word_embeddings.weight.dtype
 
@@ -81,12 +77,12 @@ class V5TextEncoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
-        (ids, mask), (ids_t5, mask_t5) = self.tokenize(list(prompts))
+        (ids, mask), (ids_t5, _) = self.tokenize(list(prompts))
         device = self.device
         states = self.text_encoder(input_ids=ids.to(device)).last_hidden_state  # [B, L, hidden]; no mask (V5)
         states_t5 = self.text_encoder_2(input_ids=ids_t5.to(execution_device(self.text_encoder_2))
                                         ).last_hidden_state  # [B, L5, d_model]
-        return PromptEmbeddings(states=states, mask=mask.to(device), states_t5=states_t5, mask_t5=mask_t5.to(device))
+        return PromptEmbeddings(states=states, mask=mask.to(device), states_t5=states_t5)
 
 
 def _config_error(folder: Path, what: str, exc: Exception) -> ModelFormatError:
@@ -116,8 +112,8 @@ def _build(folder: Path, dtype: torch.dtype, second: bool) -> nn.Module:
 
 def _components(path: str | Path) -> tuple[Path, Path, Path]:
     """(model root, text_encoder/, text_encoder_2/)."""
-    return (model_root(path, "text_encoder"), resolve_component(path, "text_encoder"),
-            model_root(path, "text_encoder") / "text_encoder_2")
+    root = model_root(path, "text_encoder")
+    return root, resolve_component(path, "text_encoder"), root / "text_encoder_2"
 
 
 def check_v5_text_encoders(path: str | Path, config: TransformerConfig | None = None) -> None:

@@ -271,8 +271,7 @@ def prompt_states(conditioning, name: str, config):
                          f"Concat).")
     states_t5 = check_text_t5(extra.get(TEXT_T5_KEY), config, f"the {name} conditioning")
     ones = torch.ones(states.shape[:2], dtype=torch.long)  # the DiT takes no mask: every token attends
-    return PromptEmbeddings(states=states, mask=ones, states_t5=states_t5,
-                            mask_t5=None if states_t5 is None else torch.ones(states_t5.shape[:2], dtype=torch.long))
+    return PromptEmbeddings(states=states, mask=ones, states_t5=states_t5)
 
 
 def check_text_t5(states_t5, config, where: str):
