@@ -264,6 +264,11 @@ class MagvitVAE(nn.Module):
     def scaling_factor(self) -> float:
         return self.config.scaling_factor
 
+    def residual_blocks(self) -> list[nn.Module]:
+        """Every residual block of the encoder and the decoder, in order: the VAE's units of work (what a
+        caller checks for cancellation between)."""
+        return [m for m in self.modules() if isinstance(m, ResidualBlock)]
+
     def encode(self, video: torch.Tensor, *, callback: ProgressCallback | None = None, tile_size: TileSize = None,
                tile_overlap: float = 0.25) -> Posterior:
         """``[B, 3, 1 + 4k, H, W]`` in [-1, 1] -> posterior over ``[B, 16, 1 + k, H/8, W/8]``.

@@ -176,14 +176,12 @@ def check_interrupt() -> None:
 
 
 @contextmanager
-def cancel_points(module) -> Iterator[None]:
-    """Cancel checked before every block of ``module`` (its ``repeated_blocks()``; for the VAE, every residual
-    block), not only between steps: under sequential offload or block swap one step or one VAE chunk can take
-    minutes. The hooks go when the block ends; compiled blocks run them outside their graphs."""
+def cancel_points(blocks) -> Iterator[None]:
+    """Cancel checked before every one of ``blocks`` (a model's ``repeated_blocks()``, the VAE's
+    ``residual_blocks()``), not only between steps: under sequential offload or block swap one step or one VAE
+    chunk can take minutes. The hooks go when the block ends; compiled blocks run them outside their graphs."""
     import torch  # not at pack load: ComfyUI imports the pack before it needs torch
 
-    blocks = (module.repeated_blocks() if hasattr(module, "repeated_blocks")
-              else [m for m in module.modules() if type(m).__name__ == "ResidualBlock"])
     hook = torch.compiler.disable(lambda block, args: check_interrupt())
     handles = [block.register_forward_pre_hook(hook) for block in blocks]
     try:
@@ -208,12 +206,13 @@ class Progress:
     def reporter(cls):
         """A ``callback(done, total)`` for work whose total is known only when it starts (a VAE call): a bar per
         call, advanced per chunk, with ComfyUI's Cancel checked at each."""
-        bars: dict[int, Progress] = {}
+        bar, bar_total = None, None
 
         def report(done: int, total: int) -> None:
-            if done == 1 or total not in bars:
-                bars[total] = cls(total)
-            bars[total].update(done, total)
+            nonlocal bar, bar_total
+            if done == 1 or total != bar_total:  # a new call (another encode, a retry with smaller tiles)
+                bar, bar_total = cls(total), total
+            bar.update(done, total)
             check_interrupt()
 
         return report

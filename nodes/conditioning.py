@@ -63,7 +63,7 @@ class EasyAnimateConditioning:
         require_model_for(config, request)  # before the VAE moves
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):
+            with _comfy.cancel_points(component(vae).residual_blocks()), encode_progress(_comfy.Progress.reporter()):
                 prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
         values = {key: tensor for key, tensor in ((INPAINT_KEY, prepared.conditioning.inpaint_latents),
                                                   (CONTROL_KEY, prepared.conditioning.control_latents))

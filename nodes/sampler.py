@@ -91,7 +91,7 @@ class EasyAnimateSampler:
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
         with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
             load_on_device(vae)
-            with _comfy.cancel_points(component(vae)), encode_progress(_comfy.Progress.reporter()):
+            with _comfy.cancel_points(component(vae).residual_blocks()), encode_progress(_comfy.Progress.reporter()):
                 prepared = prepare_inputs(transformer.config, component(vae), request)
         progress = _comfy.Progress(request.steps)
 
@@ -101,7 +101,7 @@ class EasyAnimateSampler:
 
         with memory_stage("sampling", request):
             load_on_device(model, denoise_activation_bytes(transformer, prepared, text, negative_text), whole=False)
-            with _comfy.cancel_points(transformer):  # the blocks as loaded (compiled ones included)
+            with _comfy.cancel_points(transformer.repeated_blocks()):  # the blocks as loaded (compiled ones included)
                 latents = run_denoise(transformer, model.model.easyanimate_scheduler, prepared, text, negative_text,
                                       callback=on_step)
         return ({"samples": model.model.process_latent_out(latents.float().cpu())},)

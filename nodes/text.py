@@ -41,7 +41,7 @@ class EasyAnimateTextEncode:
 
         with memory_stage("text encoding"):
             load_on_device(text_encoder)  # outside inference mode: moved weights must stay normal tensors
-            with torch.inference_mode(), _comfy.cancel_points(component(text_encoder)):
+            with torch.inference_mode(), _comfy.cancel_points(component(text_encoder).repeated_blocks()):
                 positive = component(text_encoder).encode([prompt])
                 negative = component(text_encoder).encode([negative_prompt])
         # The DiT attends to every token, pads included: no attention mask travels with them. A V5 prompt's mT5

@@ -39,8 +39,8 @@ class EasyAnimateDecode:
 
     def decode(self, vae, samples, tile_size):
         from ..easyanimate_core.generation import decode_latents
-        from ..easyanimate_core.vae_tiling import estimate_bytes
         from ..easyanimate_core.out_of_memory import Workload
+        from ..easyanimate_core.vae_tiling import estimate_bytes
         from ._native import check_latent, component, load_on_device, memory_stage
 
         latents = check_latent(samples, "EasyAnimate Decode")
@@ -56,7 +56,7 @@ class EasyAnimateDecode:
         video = Workload(latents.shape[-1] * 8, latents.shape[-2] * 8, (latents.shape[2] - 1) * 4 + 1)
         with memory_stage("VAE decode", video, vae_tiles=True):
             load_on_device(vae, whole_frames)
-            with _comfy.cancel_points(model):
+            with _comfy.cancel_points(model.residual_blocks()):
                 frames = decode_latents(model, latents * model.scaling_factor, tile_size=tile_size or "auto",
                                         callback=on_chunk)
         return (frames.cpu(),)
@@ -99,7 +99,7 @@ class EasyAnimateEncode:
                            frames.shape[1], count, width, height)
         with memory_stage("VAE encode", Workload(width, height, count), vae_tiles=True):
             load_on_device(vae)  # outside inference mode: weights moved inside it would become inference tensors
-            with (torch.inference_mode(), _comfy.cancel_points(component(vae)),
+            with (torch.inference_mode(), _comfy.cancel_points(component(vae).residual_blocks()),
                   encode_progress(_comfy.Progress.reporter())):
                 latents = video_latents(component(vae), frames, frames=count, width=width, height=height,
                                         resize=resize_mode or DEFAULT_RESIZE)
