@@ -39,12 +39,16 @@ _NEXT_MODE = {
 }
 
 
+def is_host_failure(exc: BaseException) -> bool:
+    """A failed allocation of host RAM (Python's, PyTorch's CPU allocator's, the C++ runtime's, the OS's)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                            and any(s in str(exc).lower() for s in _HOST_FAILURES))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """A device out-of-memory error or a host allocation failure."""
-    if isinstance(exc, (OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or any(s in text for s in _HOST_FAILURES))
+    return (isinstance(exc, OutOfMemoryError) or is_host_failure(exc)
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
 
 
 def requested_allocation(exc: BaseException) -> str | None:
@@ -137,8 +141,8 @@ def explain_out_of_memory(stage: str, device: torch.device | str, *, memory_mode
     except BaseException as exc:  # noqa: BLE001 - only out-of-memory errors are retold, the rest re-raised
         if not is_out_of_memory(exc):
             raise
-        on_host = (isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _HOST_FAILURES)
-                   or (torch.device(device).type == "cpu" and not isinstance(exc, torch.cuda.OutOfMemoryError)))
+        on_host = is_host_failure(exc) or (torch.device(device).type == "cpu"
+                                           and not isinstance(exc, torch.cuda.OutOfMemoryError))
         where = "cpu" if on_host else str(device)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
         tiles = vae_tiles and not getattr(exc, "tiles_exhausted", False)  # the smallest tiles already failed

@@ -353,7 +353,7 @@ def retry_smaller_tiles(attempt: Callable[[int | None], T], planned: int | None,
     while True:
         try:
             return attempt(tile)
-        except (OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(exc):
                 raise
             reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
