@@ -196,13 +196,12 @@ def _request(args: argparse.Namespace):
     from .teacache import TeaCacheOptions
     from .video import read_image, read_video
 
-    # The numbers and the size first: a bad one is refused before any image, video or weight is read.
-    GenerationRequest(width=args.width, height=args.height, frames=args.frames, steps=args.steps,
-                      guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
-                      strength=args.strength, cfg_skip_ratio=args.cfg_skip_ratio, allow_rounding=args.round,
-                      sampler=args.sampler,
-                      teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
-                      ).checked_settings()
+    settings = GenerationRequest(
+        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
+        guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
+        cfg_skip_ratio=args.cfg_skip_ratio, allow_rounding=args.round, resize=args.resize, sampler=args.sampler,
+        teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps))
+    settings.checked_settings()  # the numbers and the size first: refused before any image, video or weight is read
     media = dict(
         start_images=read_image(args.start_image) if args.start_image else None,
         end_images=read_image(args.end_image) if args.end_image else None,
@@ -212,13 +211,8 @@ def _request(args: argparse.Namespace):
     )
     if args.size_from_image is not None:  # before the trajectory, whose pixel coordinates use the output size
         args.width, args.height = _size_from_image(args.size_from_image, media)
-    return GenerationRequest(
-        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance=args.guidance,
-        guidance_rescale=args.guidance_rescale, seed=args.seed, strength=args.strength,
-        teacache=TeaCacheOptions(args.teacache, args.teacache_start_steps, args.teacache_end_steps),
-        cfg_skip_ratio=args.cfg_skip_ratio, resize=args.resize, sampler=args.sampler, **media,
-        trajectory=_trajectory(args), camera=_camera_path(args), allow_rounding=args.round,
-    ).checked()
+    return dataclasses.replace(settings, width=args.width, height=args.height, **media, trajectory=_trajectory(args),
+                               camera=_camera_path(args)).checked()
 
 
 def _model_for(mode: str, model_arg: str | None) -> Path | None:

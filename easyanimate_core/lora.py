@@ -299,7 +299,7 @@ def save_lora(path: str | Path, layers: dict[str, LoraLayer], metadata: dict[str
     state = {}
     for name, layer in layers.items():
         key = OFFICIAL_PREFIX + name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = layer.down.contiguous()
-        state[f"{key}.lora_up.weight"] = layer.up.contiguous()
+        state[f"{key}.lora_down.weight"] = layer.down
+        state[f"{key}.lora_up.weight"] = layer.up
         state[f"{key}.alpha"] = torch.tensor(float(layer.alpha if layer.alpha is not None else layer.down.shape[0]))
     return write_safetensors(path, state, metadata=metadata)

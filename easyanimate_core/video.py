@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .atomic_files import write_file
-from .resize import DEFAULT_RESIZE, check_resize, resize_frames
+from .resize import DEFAULT_RESIZE, resize_frames
 
 SIZE_MULTIPLE = 16
 LATENT_CHANNELS = 16
@@ -59,7 +59,6 @@ def frames_to_model(frames: torch.Tensor, width: int, height: int, resize: str =
     pad or stretch when the aspect ratios differ (``resize.py``; bicubic with antialiasing)."""
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames have shape {tuple(frames.shape)}: expected [F, H, W, C] with C = 1, 3 or 4.")
-    check_resize(resize)
     frames = frames.detach().cpu()  # IMAGE may live on the GPU (ComfyUI --gpu-only); the encoders move it
     x = frames[..., :3].float() if frames.shape[-1] != 1 else frames.float().expand(-1, -1, -1, 3)
     x = resize_frames(x.permute(0, 3, 1, 2), width, height, resize)  # [F, H, W, 3] -> [F, 3, height, width]
