@@ -137,7 +137,6 @@ def _model_classes():
         unet_config = {"disable_unet_model_creation": True}
         unet_extra_config = {}
         # The released schedule: dynamic shifting with mu = 1, i.e. a constant shift of e, timesteps = 1000 sigma.
-        sampling_settings = {"shift": math.e, "multiplier": 1000}  # V5.1; build() sets the folder's own
         latent_format = EasyAnimateLatentFormat
 
     class EasyAnimateModel(comfy.model_base.BaseModel):
@@ -354,6 +353,7 @@ def build(build_transformer, dtype: torch.dtype, weight_dtype: str, memory_mode:
     from ..easyanimate_core.samplers import SchedulerConfig
 
     scheduler = SchedulerConfig.of(scheduler)  # a bare exact flow Euler (the benchmarks) is a flow config
+    settings = sampling_settings(scheduler)  # a config ComfyUI cannot sample is refused before any weight is read
     storage = storage_dtype(weight_dtype, memory_mode)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     fast = weight_dtype == "fp8_e4m3fn_fast"
@@ -363,7 +363,7 @@ def build(build_transformer, dtype: torch.dtype, weight_dtype: str, memory_mode:
                                     device=offload_device)
     transformer.load_device = load_device
     config = config_class({"disable_unet_model_creation": True})
-    config.sampling_settings = sampling_settings(scheduler)
+    config.sampling_settings = settings
     config.latent_format = latent_format(latent_scale)
     config.manual_cast_dtype = dtype if storage is not None else None
     config.optimizations["fp8"] = fast
@@ -433,6 +433,19 @@ def memory_stage(stage: str, request=None, *, vae_tiles: bool = False):
 
     workload = Workload() if request is None else Workload(request.width, request.height, request.frames)
     return explain_out_of_memory(stage, mm.get_torch_device(), workload=workload, vae_tiles=vae_tiles, comfyui=True)
+
+
+def encode_inputs(vae, config, request):
+    """``generation.prepare_inputs`` in a node: the VAE placed by ComfyUI, its encodes with a progress bar and
+    Cancel between residual blocks, an out-of-memory error told as the plan."""
+    from ..easyanimate_core.conditioning import encode_progress
+    from ..easyanimate_core.generation import prepare_inputs
+    from . import _comfy
+
+    with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
+        load_on_device(vae)
+        with _comfy.cancel_points(component(vae).residual_blocks()), encode_progress(_comfy.Progress.reporter()):
+            return prepare_inputs(config, component(vae), request)
 
 
 def load_on_device(patcher, memory_required: int = 0, *, whole: bool = True) -> None:

@@ -8,7 +8,6 @@ below 1). KSampler or SamplerCustomAdvanced with EasyAnimate Scheduler then equa
 
 from __future__ import annotations
 
-from . import _comfy
 from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_types, resize_input_types,
                      size_input_types)
 
@@ -46,10 +45,9 @@ class EasyAnimateConditioning:
         import node_helpers
         import torch
 
-        from ..easyanimate_core.conditioning import encode_progress
-        from ..easyanimate_core.generation import GenerationRequest, prepare_inputs, require_model_for
+        from ..easyanimate_core.generation import GenerationRequest, require_model_for
         from ..easyanimate_core.resize import DEFAULT_RESIZE
-        from ._native import CONTROL_KEY, INPAINT_KEY, component, load_on_device, memory_stage, require_easyanimate
+        from ._native import CONTROL_KEY, INPAINT_KEY, encode_inputs, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Conditioning")
         config = model.model.diffusion_model.config
@@ -61,10 +59,7 @@ class EasyAnimateConditioning:
             resize=optional.get("resize_mode", DEFAULT_RESIZE),
         ).checked()
         require_model_for(config, request)  # before the VAE moves
-        with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
-            load_on_device(vae)
-            with _comfy.cancel_points(component(vae).residual_blocks()), encode_progress(_comfy.Progress.reporter()):
-                prepared = prepare_inputs(config, component(vae), request)  # checks the variant before the VAE works
+        prepared = encode_inputs(vae, config, request)
         values = {key: tensor for key, tensor in ((INPAINT_KEY, prepared.conditioning.inpaint_latents),
                                                   (CONTROL_KEY, prepared.conditioning.control_latents))
                   if tensor is not None}

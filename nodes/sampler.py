@@ -67,12 +67,11 @@ class EasyAnimateSampler:
 
     def sample(self, model, vae, positive, negative, width, height, frames, steps, guidance, seed, denoise_strength,
                teacache_threshold, teacache_start_steps, teacache_end_steps, cfg_skip_ratio, **optional):
-        from ..easyanimate_core.conditioning import encode_progress
-        from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, prepare_inputs,
-                                                   require_model_for, run_denoise)
+        from ..easyanimate_core.generation import (GenerationRequest, denoise_activation_bytes, require_model_for,
+                                                   run_denoise)
         from ..easyanimate_core.resize import DEFAULT_RESIZE
         from ..easyanimate_core.teacache import TeaCacheOptions
-        from ._native import component, load_on_device, memory_stage, prompt_states, require_easyanimate
+        from ._native import encode_inputs, load_on_device, memory_stage, prompt_states, require_easyanimate
 
         require_easyanimate(model, "EasyAnimate Sampler")
         transformer = model.model.diffusion_model
@@ -89,10 +88,7 @@ class EasyAnimateSampler:
         model.model.easyanimate_scheduler.check_sampler(request.sampler, request.steps)
         text = prompt_states(positive, "positive", transformer.config)
         negative_text = prompt_states(negative, "negative", transformer.config) if guidance > 1.0 else None
-        with memory_stage("VAE encode of the input images and videos", request, vae_tiles=True):
-            load_on_device(vae)
-            with _comfy.cancel_points(component(vae).residual_blocks()), encode_progress(_comfy.Progress.reporter()):
-                prepared = prepare_inputs(transformer.config, component(vae), request)
+        prepared = encode_inputs(vae, transformer.config, request)
         progress = _comfy.Progress(request.steps)
 
         def on_step(step, total, latents):
