@@ -518,8 +518,10 @@ def _install_lora_checks() -> None:
 
         if model is not None and hasattr(model.model, "easyanimate_scheduler"):
             finite_number("strength_model", strength_model, hint="0 turns the LoRA off; 1 applies it as trained.")
-            lora_layers("The LoRA given to the LoRA loader", ((k, v.float()) for k, v in lora.items()),
-                        model.model.diffusion_model, strict=False)
+            # Checked as stored: no fp32 copy of the whole LoRA, except fp8 tensors (isfinite has no fp8 kernel).
+            lora_layers("The LoRA given to the LoRA loader",
+                        ((k, v.float() if v.element_size() == 1 and v.is_floating_point() else v)
+                         for k, v in lora.items()), model.model.diffusion_model, strict=False)
         return original(model, clip, lora, strength_model, strength_clip)
 
     load_lora_for_models.easyanimate = True
