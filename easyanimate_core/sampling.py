@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import finite_number, whole_number
 from .samplers import as_stepper, set_timesteps, step_kwargs
 from .teacache import TeaCacheOptions
 
@@ -93,10 +94,8 @@ def denoise(
     """
     if not 0.0 <= cfg_skip_ratio <= 1.0:
         raise ValueError(f"cfg_skip_ratio = {cfg_skip_ratio!r}: expected a share of the steps from 0 to 1.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps = {steps!r}: expected an integer >= 1.")
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength = {strength!r}: expected a value in (0, 1].")
+    whole_number("steps", steps, low=1)
+    finite_number("strength", strength, low=0.0, high=1.0, low_open=True)
     dtype, device = transformer.dtype, transformer.device
     use_cfg = uses_guidance(guidance, negative_text)
     if strength < 1.0 and clean_latents is None:
@@ -157,7 +156,7 @@ def _timesteps(scheduler, steps: int, strength: float, device: torch.device) -> 
     """The timesteps to run, as diffusers' img2img pipelines take them: with ``strength`` < 1 the last
     ``int(steps * strength)`` steps (times the scheduler's order), the scheduler told where it begins."""
     set_timesteps(scheduler, steps, device)
-    start = steps - min(int(steps * strength), steps)
+    start = steps - int(steps * strength)  # strength is in (0, 1]
     if start >= steps:
         raise ValueError(f"strength = {strength} with {steps} steps leaves no step to run: "
                          f"use a strength of at least {1.0 / steps:.3f} or more steps.")
