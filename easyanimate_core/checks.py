@@ -11,9 +11,12 @@ import math
 import os
 from numbers import Integral, Real
 
+from .config import PUBLISHED_SIZES
+from .video import latent_frames
+
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits; ComfyUI's seed widgets go as far
 MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION: no widget offers more
-PUBLISHED_INNER_DIM = 3072  # the token width of every published V5.1 transformer (7B and 12B)
+PUBLISHED_INNER_DIM = max(width for _, _, width in PUBLISHED_SIZES.values())  # the token width of the 7B and 12B
 _GIB = 1024**3
 
 
@@ -55,7 +58,7 @@ def workload_bytes(width: int, height: int, frames: int, *, inner_dim: int = PUB
     ``[F, H, W, 3]`` in float32, and 5 activations of ``[batch, tokens, inner_dim]`` in bf16 (the least the
     transformer holds at once, see ``EasyAnimateTransformer.activation_bytes``), with tokens = latent frames x
     (H / 16) x (W / 16)."""
-    tokens = ((frames - 1) // 4 + 1) * max(height // 16, 1) * max(width // 16, 1)
+    tokens = latent_frames(frames) * max(height // 16, 1) * max(width // 16, 1)
     return frames * height * width * 3 * 4, 5 * batch * tokens * inner_dim * 2
 
 

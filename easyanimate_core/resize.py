@@ -23,7 +23,7 @@ RESIZE_MODES = ("crop", "pad", "stretch")
 DEFAULT_RESIZE = "crop"
 BASE_RESOLUTIONS = (512, 768, 960, 1024)
 PAD_VALUE = 0.0  # black, in IMAGE values 0..1
-_MULTIPLE = 16  # as video.SIZE_MULTIPLE (kept apart: video.py imports this module)
+SIZE_MULTIPLE = 16  # sides of the model's input (the patch size 2 of the 8x-downsampled latents)
 
 # The official table: aspect ratio (height / width) -> (height, width) in pixels at base resolution 512.
 ASPECT_RATIO_512 = {
@@ -62,7 +62,7 @@ def bucket_size(image_width: int, image_height: int, base_resolution: int) -> tu
                          f"{', '.join(map(str, BASE_RESOLUTIONS))}.")
     height, width = ASPECT_RATIO_512[closest_ratio(image_width, image_height)]
     scale = base_resolution / 512
-    return int(width * scale) // _MULTIPLE * _MULTIPLE, int(height * scale) // _MULTIPLE * _MULTIPLE
+    return int(width * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(height * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE
 
 
 def crop_box(width: int, height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from .atomic_files import write_file
-from .resize import DEFAULT_RESIZE, resize_frames
+from .resize import DEFAULT_RESIZE, SIZE_MULTIPLE, resize_frames
 
-SIZE_MULTIPLE = 16
 LATENT_CHANNELS = 16
 _FFMPEG_PREFIX = re.compile(r"\[[^\]]*@ 0x[0-9a-f]+\]\s*")  # "[libx264 @ 0x55ba45f76300] "
 
