@@ -185,7 +185,9 @@ def _model_classes():
             # Our counted activation peak of one forward with the prompts' text tokens (Bert + mT5 for V5); 256
             # per text stream when ComfyUI gives no shapes (the length V5.1 and the released V5 tokenizers use).
             tokens = 0
-            for key in ("c_crossattn", "text_states_t5")[: 1 if self.diffusion_model.config.family != "V5" else 2]:
+            v5 = self.diffusion_model.config.family == "V5"
+            streams = ("c_crossattn", "text_states_t5") if v5 else ("c_crossattn",)
+            for key in streams:
                 lengths = [shape[1] for shape in (cond_shapes or {}).get(key, ()) if len(shape) > 1]
                 tokens += max(lengths, default=256)
             return self.diffusion_model.activation_bytes(tuple(input_shape), tokens)

@@ -15,11 +15,6 @@ from ._types import (CATEGORY, CONDITIONING, MODEL, SEED_INPUT, VAE, mode_input_
 AUTO = "auto"
 
 
-def sampler_choice(name: str) -> str | None:
-    """The widget's value as GenerationRequest.sampler takes it (None: the model's default)."""
-    return None if name == AUTO else name
-
-
 class EasyAnimateSampler:
     DESCRIPTION = ("Generates video latents with the reference loop and the chosen sampler (by default the "
                    "model's own: Flow, the released schedule, for V5.1; DDIM for V5). The mode follows from the "
@@ -81,7 +76,8 @@ class EasyAnimateSampler:
             input_video=optional.get("input_video"), control_video=optional.get("control_video"),
             reference_image=optional.get("reference_image"), trajectory=optional.get("trajectory"),
             camera=optional.get("camera"), cfg_skip_ratio=cfg_skip_ratio,
-            resize=optional.get("resize_mode", DEFAULT_RESIZE), sampler=sampler_choice(optional.get("sampler", AUTO)),
+            resize=optional.get("resize_mode", DEFAULT_RESIZE),
+            sampler=None if optional.get("sampler", AUTO) == AUTO else optional["sampler"],  # None: the model's default
             teacache=TeaCacheOptions(teacache_threshold, teacache_start_steps, teacache_end_steps),
         ).checked()
         require_model_for(transformer.config, request)  # refused before any model moves

@@ -37,7 +37,7 @@ class EasyAnimateTextEncode:
     def encode(self, text_encoder, prompt, negative_prompt):
         import torch
 
-        from ._native import TEXT_T5_KEY, component, load_on_device, memory_stage
+        from ._native import component, load_on_device, memory_stage
 
         with memory_stage("text encoding"):
             load_on_device(text_encoder)  # outside inference mode: moved weights must stay normal tensors
@@ -46,12 +46,14 @@ class EasyAnimateTextEncode:
                 negative = component(text_encoder).encode([negative_prompt])
         # The DiT attends to every token, pads included: no attention mask travels with them. A V5 prompt's mT5
         # states [1, L5, d_model] ride in the entry's dict beside its Bert states [1, L, hidden].
-        return [_entry(positive, TEXT_T5_KEY)], [_entry(negative, TEXT_T5_KEY)]
+        return [_entry(positive)], [_entry(negative)]
 
 
-def _entry(prompt, t5_key: str) -> list:
+def _entry(prompt) -> list:
     """One CONDITIONING entry [states, extras] of a prompt's embeddings."""
-    return [prompt.states.cpu(), {} if prompt.states_t5 is None else {t5_key: prompt.states_t5.cpu()}]
+    from ._native import TEXT_T5_KEY
+
+    return [prompt.states.cpu(), {} if prompt.states_t5 is None else {TEXT_T5_KEY: prompt.states_t5.cpu()}]
 
 
 NODES = {"EasyAnimateTextEncode": EasyAnimateTextEncode}
