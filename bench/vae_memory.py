@@ -59,30 +59,12 @@ MEASURED = [
     (True, 5, 64, 1024, 256),
 ]
 # On a GPU: the sizes users run, whole frames and the tiles the planner picks, and very wide frames.
-MEASURED_CUDA = [
-    (False, 5, 128, 128, None),
-    (False, 1, 576, 1008, None),
-    (False, 49, 384, 672, None),
-    (False, 49, 576, 1008, None),
-    (False, 49, 576, 1008, 960),
-    (False, 49, 576, 1008, 512),
-    (False, 49, 576, 1008, 256),
-    (False, 25, 128, 2048, None),
-    (False, 25, 128, 2048, 512),
-    (False, 13, 64, 4096, None),
-    (False, 13, 64, 4096, 256),
-    (True, 5, 128, 128, None),
-    (True, 1, 576, 1008, None),
-    (True, 49, 384, 672, None),
-    (True, 49, 576, 1008, None),
-    (True, 49, 576, 1008, 960),
-    (True, 49, 576, 1008, 512),
-    (True, 49, 576, 1008, 256),
-    (True, 25, 128, 2048, None),
-    (True, 25, 128, 2048, 512),
-    (True, 13, 64, 4096, None),
-    (True, 13, 64, 4096, 256),
+CUDA_SIZES = [  # (frames, height, width, tile px or None), each decoded and encoded
+    (5, 128, 128, None), (1, 576, 1008, None), (49, 384, 672, None), (49, 576, 1008, None), (49, 576, 1008, 960),
+    (49, 576, 1008, 512), (49, 576, 1008, 256), (25, 128, 2048, None), (25, 128, 2048, 512), (13, 64, 4096, None),
+    (13, 64, 4096, 256),
 ]
+MEASURED_CUDA = [(encode, *size) for encode in (False, True) for size in CUDA_SIZES]
 ESTIMATED_SIZES = [(49, 576, 1008), (49, 384, 672)]
 ESTIMATED_TILES = [None, 512, 384, 256]
 
