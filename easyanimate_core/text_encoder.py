@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loading import ModelFormatError, model_root, read_into, resolve_component, text_encoder_family
+from .loading import ModelFormatError, model_root, read_into, resolve_component, text_encoder_family, weight_files
 from .memory import check_fp8_kind, execution_device, store_weights_in
 from .ops import adopt_linears
 from .safetensors_io import read_header
@@ -128,11 +128,12 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def _config_error(folder: Path, exc: Exception) -> ModelFormatError:
+def config_error(folder: Path, exc: Exception, what: str = "Qwen2-VL",
+                 advice: str = "Download text_encoder/config.json again from the model's release.") -> ModelFormatError:
+    """A config error from transformers retold with the file's path and what to do."""
     why = " ".join(str(exc).split()) or type(exc).__name__
-    return ModelFormatError(f"The text encoder config {folder / 'config.json'} is not a Qwen2-VL config that "
-                            f"transformers can use ({type(exc).__name__}: {why[:300]}). Download text_encoder/"
-                            f"config.json again from the model's release.")
+    return ModelFormatError(f"The text encoder config {folder / 'config.json'} is not a {what} config that "
+                            f"transformers can use ({type(exc).__name__}: {why[:300]}). {advice}")
 
 
 def _language_model(folder: Path, dtype: torch.dtype):
@@ -145,7 +146,7 @@ def _language_model(folder: Path, dtype: torch.dtype):
         with torch.device("meta"):
             return text_config, Qwen2VLTextModel(text_config).to(dtype)
     except Exception as exc:  # e.g. zero heads, an unknown activation: raised while the layers are built
-        raise _config_error(folder, exc) from exc
+        raise config_error(folder, exc) from exc
 
 
 def check_text_encoder(path: str | Path, config=None) -> None:
@@ -165,7 +166,7 @@ def _language_model_config(folder: Path):
     try:
         config = AutoConfig.from_pretrained(str(folder))
     except Exception as exc:  # transformers raises many kinds (validation, OSError, KeyError): retell with the path
-        raise _config_error(folder, exc) from exc
+        raise config_error(folder, exc) from exc
     if getattr(config, "model_type", None) != "qwen2_vl":
         raise ModelFormatError(
             f"{folder / 'config.json'} describes a {getattr(config, 'model_type', '?')!r} model, not Qwen2-VL: "
@@ -210,9 +211,7 @@ def load_text_encoder(
     adopt_linears(model)  # our Linear computes in its input's dtype, so its weight may be stored in fp8
     model.rotary_emb = Qwen2VLRotaryEmbedding(config=text_config).to(device)  # fp32 inverse frequencies
 
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelFormatError(f"No .safetensors weights in {folder}. Download the text_encoder/ weight files.")
+    files = weight_files(folder)
     wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     entries = {}
     for entry in (e for f in files for e in read_header(f)):

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from .config import TransformerConfig
-from .loading import ModelFormatError, model_root, read_into, resolve_component
+from .loading import ModelFormatError, model_root, read_into, resolve_component, weight_files
 from .memory import check_fp8_kind, execution_device, store_weights_in
 from .ops import adopt_linears
 from .safetensors_io import read_header
-from .text_encoder import PromptEmbeddings
+from .text_encoder import PromptEmbeddings, config_error
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,6 @@ class V5TextEncoder(nn.Module):
         return PromptEmbeddings(states=states, mask=mask.to(device), states_t5=states_t5)
 
 
-def _config_error(folder: Path, what: str, exc: Exception) -> ModelFormatError:
-    why = " ".join(str(exc).split()) or type(exc).__name__
-    return ModelFormatError(f"The text encoder config {folder / 'config.json'} is not a {what} config that "
-                            f"transformers can use ({type(exc).__name__}: {why[:300]}). Download that folder again "
-                            f"from the EasyAnimate V5 release.")
-
-
 def _build(folder: Path, dtype: torch.dtype, second: bool) -> nn.Module:
     """Bert (``second`` false) or the mT5 encoder on the meta device; config errors name the file."""
     from transformers import AutoConfig, BertModel, MT5EncoderModel, T5EncoderModel
@@ -107,7 +100,7 @@ def _build(folder: Path, dtype: torch.dtype, second: bool) -> nn.Module:
                 model = BertModel(config, add_pooling_layer=False)  # V5 takes last_hidden_state only
         return model.to(dtype)
     except Exception as exc:  # transformers raises many kinds (validation, OSError, KeyError): retell with the path
-        raise _config_error(folder, what, exc) from exc
+        raise config_error(folder, exc, what, "Download that folder again from the EasyAnimate V5 release.") from exc
 
 
 def _components(path: str | Path) -> tuple[Path, Path, Path]:
@@ -135,11 +128,7 @@ def _entries(model: nn.Module, folder: Path, prefixes: tuple[str, ...]) -> tuple
     """(model key -> file entry for every tensor ``model`` needs, from ``folder``'s safetensors files; the names
     of each tied weight). A tied weight (T5's ``encoder.embed_tokens`` = ``shared``) is read once, found in the
     file under any of its names."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        hint = f" Found {others[:3]}: only .safetensors weights are read; convert them first." if others else ""
-        raise ModelFormatError(f"No .safetensors weights in {folder}.{hint} Download that folder's weight files.")
+    files = weight_files(folder)
     in_file = {}
     for entry in (e for f in files for e in read_header(f)):
         for prefix in prefixes:
