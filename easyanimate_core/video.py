@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic_files import write_file
+from .atomic_files import write_bytes, write_file
 from .resize import DEFAULT_RESIZE, SIZE_MULTIPLE, resize_frames
 
 LATENT_CHANNELS = 16
@@ -116,22 +116,15 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def write_png(path: str | Path, frame: torch.Tensor) -> Path:
-    """One IMAGE frame ``[H, W, 3]`` -> PNG, written whole or not at all (``atomic_files``): it must read back at its
-    size before it takes the name."""
+    """One IMAGE frame ``[H, W, 3]`` -> PNG, written whole or not at all (``atomic_files.write_bytes``: the file
+    must read back as the encoded bytes before it takes the name)."""
     import cv2
 
     data = _to_uint8(frame)[..., ::-1]
     encoded, buffer = cv2.imencode(".png", data)
     if not encoded:
         raise OSError(f"Cannot write {path}: OpenCV could not encode a {data.shape[1]}x{data.shape[0]} PNG.")
-
-    def check(tmp: Path) -> None:
-        image = cv2.imread(str(tmp), cv2.IMREAD_COLOR)
-        if image is None or image.shape != data.shape:
-            found = "nothing readable" if image is None else f"a {image.shape[1]}x{image.shape[0]} image"
-            raise OSError(f"the written PNG reads back as {found}, not {data.shape[1]}x{data.shape[0]}")
-
-    return write_file(path, lambda tmp: tmp.write_bytes(buffer.tobytes()), check)
+    return write_bytes(path, buffer.tobytes())
 
 
 def check_fps(fps: float) -> float:
